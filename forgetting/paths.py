@@ -1,0 +1,29 @@
+"""Where the package reads shipped data and writes its caches.
+
+- ``DATA_DIR``: the repository's ``data/`` folder (shipped specs, the pretrained embedded model, cached
+  results with provenance). It exists in a checkout (``pip install -e .``, Colab clones the repo).
+- ``cache_dir()``: ``$FORGETTING_CACHE`` or ``~/.cache/forgetting``; used for anything the package builds
+  when ``data/`` does not have it (for example the embedded model after its recipe changed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+DATA_DIR = REPO_ROOT / "data"
+SPECS_DIR = DATA_DIR / "specs"
+
+
+def cache_dir() -> Path:
+    """The writable cache folder (created on first use)."""
+    root = Path(os.environ.get("FORGETTING_CACHE", Path.home() / ".cache" / "forgetting"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def quiet() -> bool:
+    """True when progress bars should be silent (CI sets ``FORGETTING_QUIET=1``)."""
+    return os.environ.get("FORGETTING_QUIET", "") not in ("", "0", "false", "False")
