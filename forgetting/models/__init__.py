@@ -1,0 +1,36 @@
+"""Models: the embedded default (``"tiny"``, ``"tiny-moe"``), any Hugging Face causal LM, attention
+geometry per architecture, and LoRA through peft."""
+
+from __future__ import annotations
+
+from typing import Any
+
+EMBEDDED_MODELS = ("tiny", "tiny-moe")
+
+
+def load_model(
+    name_or_path: str = "tiny",
+    *,
+    trust_remote_code: bool = False,
+    dtype: Any = None,
+    device: str | None = None,
+):
+    """Load ``(model, tokenizer)`` for analysis.
+
+    ``name_or_path`` is ``"tiny"`` / ``"tiny-moe"`` (built and cached by the package, see
+    :mod:`forgetting.models.embedded`) or any Hugging Face model id or local folder
+    (:func:`forgetting.models.hub.load_pretrained`). Attention is always ``eager`` so attention
+    weights and double backward are available; remote code runs only with ``trust_remote_code=True``.
+    """
+    if name_or_path in EMBEDDED_MODELS:
+        from forgetting.models.embedded import load_embedded
+
+        model, tokenizer = load_embedded(name_or_path)
+        if dtype is not None:
+            model = model.to(dtype=dtype)
+        if device is not None:
+            model = model.to(device)
+        return model, tokenizer
+    from forgetting.models.hub import load_pretrained
+
+    return load_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
