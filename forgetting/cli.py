@@ -1,0 +1,150 @@
+"""The ``forgetting`` command line (also ``python -m forgetting``).
+
+    forgetting run SPEC --out DIR     run or resume an experiment spec
+    forgetting show DIR               print the performance matrices and the summary of a run
+    forgetting pretrain               build the embedded default models (tiny, tiny-moe)
+    forgetting book                   execute the chapters and build the static book
+    forgetting tasks                  list tasks and named sequences
+
+Bad input exits with status 2 and one line naming the field and what is allowed; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from forgetting.errors import ForgettingError, SpecError
+
+EXIT_BAD_INPUT = 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from forgetting.experiments import load_spec
+    from forgetting.train.sequence import _check_out_dir, run_experiment
+
+    spec = load_spec(args.spec)
+    _check_out_dir(spec, Path(args.out))  # refuse a foreign folder before loading anything
+    out = run_experiment(spec, args.out, progress=not args.quiet)
+    print(f"run complete: {out}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from forgetting.evaluate import METRICS, performance_matrix, summary_table
+    from forgetting.results import read_json
+    from forgetting.train.sequence import EVALS, MANIFEST, REFERENCE
+
+    folder = Path(args.dir)
+    if not (folder / MANIFEST).is_file() or not (folder / EVALS).is_file():
+        raise SpecError("DIR", f"{folder} is not a run folder (no {MANIFEST} and {EVALS}); make one with `forgetting run`")
+    if args.metric not in METRICS:
+        raise SpecError("--metric", f"{args.metric!r} not allowed; allowed: {', '.join(METRICS)}")
+    manifest = read_json(folder / MANIFEST)
+    evals = pd.read_parquet(folder / EVALS)
+    reference = pd.read_parquet(folder / REFERENCE) if (folder / REFERENCE).is_file() else None
+    print(f"run {manifest['spec']['name']} (spec {manifest['spec_hash']}, seed {manifest['seed']}, "
+          f"model {manifest['spec']['model']}, commit {str(manifest.get('git_commit'))[:10]})")
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        print(f"\nR[{args.metric}]: row = after training that task, column = evaluated task")
+        print(performance_matrix(evals, args.metric).to_string())
+        print("\nsummary (losses negated: higher is better everywhere)")
+        print(summary_table(evals, reference).to_string(index=False))
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from forgetting.models.embedded import RECIPES, cached_dir, embedded_dir, pretrain, shipped_dir
+    from forgetting import paths
+
+    names = list(RECIPES) if args.model == "all" else [args.model]
+    for name in names:
+        if not args.force:
+            try:
+                print(f"{name}: up to date in {embedded_dir(name, build=False)}")
+                continue
+            except FileNotFoundError:
+                pass
+        target = shipped_dir(name) if paths.DATA_DIR.is_dir() else cached_dir(name)
+        info = pretrain(RECIPES[name], target, progress=not args.quiet)
+        print(f"{name}: {info['n_parameters']:,} parameters, held-out loss {info['heldout_loss']:.3f}, "
+              f"fact recall {info['fact_recall']:.3f}, {info['pretrain_seconds']} s -> {target}")
+    return 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from forgetting.book import build_book
+
+    html = build_book(profile=args.profile, force=args.force)
+    print(f"book built: {html}/index.html")
+    return 0
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from forgetting.tasks import SEQUENCES, make_task, task_names
+
+    print("tasks:")
+    for name in task_names():
+        task = make_task(name)
+        print(f"  {name:14s} {task.family:7s} {task.description}  e.g. {task.train[0].prompt!r} -> {task.train[0].target!r}")
+    print("sequences:")
+    for name, tasks in SEQUENCES.items():
+        print(f"  {name:10s} {' -> '.join(tasks)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from forgetting import __version__
+    from forgetting.models.embedded import RECIPES
+
+    parser = argparse.ArgumentParser(prog="forgetting", description="Measure how and why language models forget.")
+    parser.add_argument("--version", action="version", version=f"forgetting {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run or resume an experiment spec", description=
+                         "Run an experiment spec (YAML) into DIR; re-running after an interruption resumes.")
+    run.add_argument("spec", metavar="SPEC", help="path of a YAML spec, e.g. data/specs/quick.yaml")
+    run.add_argument("--out", required=True, metavar="DIR", help="run folder (created; resumed if it holds this spec)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    show = sub.add_parser("show", help="print R and the summary of a run", description="Print a run's R matrix and summary.")
+    show.add_argument("dir", metavar="DIR", help="a run folder written by `forgetting run`")
+    show.add_argument("--metric", default="exact_match", help="loss, token_accuracy, exact_match or answer_match")
+    show.set_defaults(func=_cmd_show)
+
+    pre = sub.add_parser("pretrain", help="build the embedded default models", description=
+                         "Pretrain the embedded models deterministically (skipped when the shipped build is current).")
+    pre.add_argument("--model", default="all", choices=[*RECIPES, "all"], help="which model (default: all)")
+    pre.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    pre.set_defaults(func=_cmd_pretrain)
+
+    book = sub.add_parser("book", help="execute the chapters and build the static book", description=
+                          "Execute every chapter with papermill and build _build/html with Jupyter Book.")
+    book.add_argument("--profile", default="quick", choices=["quick", "full", "gpu"], help="chapter profile")
+    book.add_argument("--force", action="store_true", help="re-execute every chapter")
+    book.set_defaults(func=_cmd_book)
+
+    tasks = sub.add_parser("tasks", help="list tasks and named sequences", description="List tasks and sequences.")
+    tasks.set_defaults(func=_cmd_tasks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"forgetting {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ForgettingError as exc:
+        print(f"forgetting {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

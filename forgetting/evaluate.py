@@ -1,0 +1,164 @@
+"""Evaluation: loss, token accuracy, exact match and answer match of a model on a task, and the
+long-format evaluation table from which the performance matrix R and forgetting curves are read.
+
+For one example with target positions t = 1..m (the target tokens and the closing eos) and logits z_t:
+
+- ``loss`` = mean over all target tokens of all examples of -log softmax(z_t)[y_t]  (nats per token)
+- ``token_accuracy`` = fraction of target tokens with argmax z_t = y_t
+- ``exact_match`` = fraction of examples with argmax z_t = y_t for every t (teacher-forced; equal to
+  greedy decoding reproducing the target, see :mod:`forgetting.tasks.encoding`)
+- ``answer_match`` = fraction of examples whose answer tokens (target without eos) are all the argmax
+  over the task's answer vocabulary only. It separates "the knowledge is gone" from "the model now
+  prefers another output format" (SCIENCE.md: exact match saturates at 0 after a conflicting task).
+
+The evaluation table has one row per (evaluation point, task, metric); see ``EVAL_COLUMNS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from forgetting.tasks.encoding import IGNORE_INDEX, EncodedExamples, answer_token_ids, encode_examples
+from forgetting.tasks.families import Task
+
+METRICS = ("loss", "token_accuracy", "exact_match", "answer_match")
+HIGHER_IS_BETTER = {"loss": False, "token_accuracy": True, "exact_match": True, "answer_match": True}
+HELDOUT_TASK = "heldout_corpus"
+
+EVAL_COLUMNS = {
+    "stage": "int: 0 = before fine-tuning, i = while/after training the i-th task (1-based)",
+    "stage_task": "str: 'base' for stage 0, else the task trained in that stage",
+    "step": "int: global optimizer step (0 before fine-tuning)",
+    "end_of_stage": "bool: the evaluation at the end of the stage (these rows form R)",
+    "task": "str: the evaluated task",
+    "task_index": f"int: the task's position in the sequence (0-based; -1 for {HELDOUT_TASK!r})",
+    "metric": f"str: one of {METRICS}",
+    "value": "float",
+}
+
+
+@dataclass
+class PreparedTask:
+    """A task encoded for one tokenizer: train/eval tensors and the answer vocabulary's token ids."""
+
+    task: Task
+    train: EncodedExamples
+    eval: EncodedExamples
+    answer_ids: torch.Tensor
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+
+def prepare_task(task: Task, tokenizer, max_length: int | None = None) -> PreparedTask:
+    return PreparedTask(
+        task=task,
+        train=encode_examples(tokenizer, task.train, max_length),
+        eval=encode_examples(tokenizer, task.eval, max_length),
+        answer_ids=answer_token_ids(tokenizer, task.answer_vocab),
+    )
+
+
+@torch.no_grad()
+def evaluate_examples(
+    model, examples: EncodedExamples, answer_ids: torch.Tensor | None = None, batch_size: int = 128
+) -> dict[str, float]:
+    """The four metrics of ``model`` on ``examples`` (see the module docstring)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, n_tokens, n_correct, n_exact, n_answer = 0.0, 0, 0, 0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = examples.select(slice(start, start + batch_size))
+        logits = model(
+            input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
+        ).logits[:, :-1].float()
+        labels = batch.labels[:, 1:].to(device)
+        answer_mask = batch.answer_mask[:, 1:].to(device)
+        valid = labels != IGNORE_INDEX
+        loss_sum += float(
+            torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        )
+        correct = (logits.argmax(dim=-1) == labels) & valid
+        n_tokens += int(valid.sum())
+        n_correct += int(correct.sum())
+        n_exact += int((correct | ~valid).all(dim=1).sum())
+        if answer_ids is not None and len(answer_ids):
+            ids = answer_ids.to(device)
+            restricted = ids[logits[..., ids].argmax(dim=-1)]
+            n_answer += int(((restricted == labels) | ~answer_mask).all(dim=1).sum())
+    model.train(was_training)
+    n = len(examples)
+    return {
+        "loss": loss_sum / n_tokens,
+        "token_accuracy": n_correct / n_tokens,
+        "exact_match": n_exact / n,
+        "answer_match": n_answer / n if answer_ids is not None else float("nan"),
+    }
+
+
+def evaluation_rows(
+    model,
+    tasks: Iterable[PreparedTask],
+    *,
+    stage: int,
+    stage_task: str,
+    step: int,
+    end_of_stage: bool,
+    batch_size: int = 128,
+    heldout_loss: float | None = None,
+) -> list[dict]:
+    """Evaluate ``model`` on every task's eval split; rows in the format of ``EVAL_COLUMNS``."""
+    common = {"stage": stage, "stage_task": stage_task, "step": step, "end_of_stage": end_of_stage}
+    rows = []
+    for index, task in enumerate(tasks):
+        scores = evaluate_examples(model, task.eval, task.answer_ids, batch_size)
+        rows += [{**common, "task": task.name, "task_index": index, "metric": m, "value": v} for m, v in scores.items()]
+    if heldout_loss is not None:
+        rows.append({**common, "task": HELDOUT_TASK, "task_index": -1, "metric": "loss", "value": heldout_loss})
+    return rows
+
+
+def performance_matrix(evals: pd.DataFrame, metric: str = "exact_match") -> pd.DataFrame:
+    """R as a (T+1) x T DataFrame: row 0 = before fine-tuning ('base'), row i = after task i.
+
+    Index: the stage_task of each row ("base", then task names); columns: evaluated tasks in sequence
+    order. Values are the raw metric (for ``loss`` lower is better; negate before
+    :func:`forgetting.metrics.summarize`).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
+    rows = evals[(evals["end_of_stage"]) & (evals["metric"] == metric) & (evals["task_index"] >= 0)]
+    table = rows.pivot_table(index=["stage", "stage_task"], columns=["task_index", "task"], values="value")
+    table = table.sort_index(axis=0).sort_index(axis=1)
+    table.index = table.index.get_level_values("stage_task")
+    table.columns = table.columns.get_level_values("task")
+    return table
+
+
+def summary_table(evals: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """ACC, BWT, FWT, forgetting (and intransigence with a joint reference) for every metric.
+
+    Losses are negated so that, as for the other metrics, higher is better. One row per metric.
+    """
+    from forgetting.metrics import summarize
+
+    out = []
+    for metric in METRICS:
+        R = performance_matrix(evals, metric)
+        if R.empty or R.isna().all().all():
+            continue
+        sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+        values = sign * R.to_numpy()
+        ref = None
+        if reference is not None:
+            ref_rows = reference[reference["metric"] == metric].set_index("task")["value"]
+            ref = sign * ref_rows.reindex(R.columns).to_numpy()
+        result = summarize(values[1:], baseline=values[0], reference=ref)
+        out.append({"metric": metric, **{k: result.get(k) for k in ("acc", "bwt", "fwt", "forgetting", "intransigence")}})
+    return pd.DataFrame(out)

@@ -1,0 +1,68 @@
+"""Profiles: the one place that says how big an experiment is.
+
+- ``quick`` (default; CI; CPU): one seed, a couple of minutes per chapter.
+- ``full``: the published numbers: several seeds, so figures carry confidence intervals. Results are
+  stored in ``data/results/`` with provenance by ``make results`` and reused when the spec hash matches.
+- ``gpu``: a real hub model with LoRA, for Colab with a GPU (never run here: no hub access).
+
+Chapters call :func:`experiment_spec` and :func:`run_cached`; no chapter hard-codes a size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forgetting import paths
+from forgetting.errors import SpecError
+from forgetting.experiments import ExperimentSpec, load_spec
+
+PROFILES = {
+    "quick": {"spec": "quick.yaml", "seeds": (0,)},
+    "full": {"spec": "full.yaml", "seeds": (0, 1, 2, 3, 4)},
+    "gpu": {"spec": "gpu.yaml", "seeds": (0, 1, 2)},
+}
+
+
+def _check(profile: str) -> dict:
+    if profile not in PROFILES:
+        raise SpecError("profile", f"{profile!r} not allowed; allowed: {', '.join(PROFILES)}")
+    return PROFILES[profile]
+
+
+def seeds(profile: str) -> tuple[int, ...]:
+    """The seeds a profile runs."""
+    return _check(profile)["seeds"]
+
+
+def experiment_spec(profile: str = "quick", *, model: str | None = None, seed: int | None = None, **overrides) -> ExperimentSpec:
+    """The profile's spec (``data/specs/<profile>.yaml``), with ``model``, ``seed`` and top-level overrides."""
+    base = load_spec(paths.SPECS_DIR / _check(profile)["spec"])
+    data = base.model_dump(mode="json")
+    if model is not None:
+        data["model"] = model
+    if seed is not None:
+        data["seed"] = seed
+    data.update(overrides)
+    from forgetting.experiments import parse_spec
+
+    return parse_spec(data, source=f"profile {profile}")
+
+
+def result_dir(spec: ExperimentSpec) -> Path:
+    """Where a spec's run lives: ``data/results/`` when published there, else the user cache."""
+    name = f"{spec.name}-{spec.hash()}"
+    published = paths.DATA_DIR / "results" / name
+    if (published / "state.json").is_file():
+        return published
+    return paths.cache_dir() / "runs" / name
+
+
+def run_cached(spec: ExperimentSpec, *, progress: bool = True, publish: bool = False) -> Path:
+    """Run ``spec`` unless a complete run with the same hash exists (resuming a partial one).
+
+    ``publish=True`` writes into ``data/results/`` (what ``make results`` does).
+    """
+    from forgetting.train.sequence import run_experiment
+
+    out = paths.DATA_DIR / "results" / f"{spec.name}-{spec.hash()}" if publish else result_dir(spec)
+    return run_experiment(spec, out, progress=progress)
