@@ -67,7 +67,7 @@ class PretrainRecipe:
 RECIPES: dict[str, PretrainRecipe] = {
     "tiny": PretrainRecipe(name="tiny", architecture="llama"),
     "tiny-moe": PretrainRecipe(
-        name="tiny-moe", architecture="llama4_text", intermediate_size=256, num_experts=4, steps=3000
+        name="tiny-moe", architecture="llama4_text", intermediate_size=256, num_experts=4, steps=2000
     ),
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 SEQUENCES: dict[str, tuple[str, ...]] = {
     # Knowledge, a second relation of the same people, a new skill, then a conflicting update.
-    "default": ("recall_city", "recall_job", "reverse", "update_city"),
+    "default": ("recall_city", "recall_job", "sort", "update_city"),
     # Same people and format, different relations: forgetting without direct conflict.
     "similar": ("recall_city", "recall_job", "recall_color", "recall_pet"),
     # The same questions with new answers: the maximal conflict.

@@ -90,7 +90,7 @@ def _heldout_documents(spec: ExperimentSpec) -> list[str] | None:
         return None
     from forgetting.models.embedded import RECIPES, heldout_documents
 
-    return heldout_documents(RECIPES[spec.model])[:256]
+    return heldout_documents(RECIPES[spec.model])[: spec.eval.heldout_documents]
 
 
 def _evaluate(ctx: RunContext, stage: int, stage_task: str, step: int, end: bool) -> None:
