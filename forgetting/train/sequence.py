@@ -216,9 +216,21 @@ def run_reference(ctx: RunContext, state: dict) -> None:
     ctx.accelerator.wait_for_everyone()
 
 
+def make_accelerator():
+    """An ``Accelerator`` that falls back to CPU (DDP over gloo) when no GPU is present.
+
+    accelerate only forms a multi-process CPU group when asked for CPU explicitly, so launched with
+    ``accelerate launch --multi_gpu --num_processes 2`` (or ``torchrun --nproc_per_node 2``) on a
+    machine without GPUs this gives 2 CPU processes. ``accelerate launch --cpu --num_processes 2``
+    starts ONE process in accelerate 1.x unless an MPI hostfile is given (``--mpirun_hostfile``).
+    """
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
 def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = True) -> Path:
     """Run (or resume) ``spec`` into folder ``out``; returns ``out``. See the module docstring."""
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -227,7 +239,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = Tr
         state.get("reference_done") or not spec.reference.enabled
     ):
         return out  # complete: nothing to load or run
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     if spec.batch_size % (spec.grad_accum * accelerator.num_processes):
         raise SpecError("batch_size", f"{spec.batch_size} must split into grad_accum x {accelerator.num_processes} processes")
     model, tokenizer = load_for_spec(spec)
