@@ -1,0 +1,87 @@
+"""The command line: bad input exits 2 with one line naming the field, and writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from forgetting.cli import main
+from tests.conftest import small_spec
+
+BAD_SPECS = {
+    "broken_yaml": ("name: x\nsequence: [a, b\n", "not valid YAML at line"),
+    "not_a_mapping": ("- 1\n- 2\n", "must be a mapping"),
+    "unknown_key": (yaml.safe_dump({**small_spec(), "learning_rate": 0.1}), "learning_rate: unknown key; allowed here:"),
+    "out_of_range": (yaml.safe_dump({**small_spec(), "steps_per_task": 0}), "steps_per_task: Input should be greater than or equal to 1"),
+    "unknown_model": (yaml.safe_dump({**small_spec(), "model": "no/such/model"}), "model: 'no/such/model' is neither"),
+    "unknown_task": (yaml.safe_dump({**small_spec(), "sequence": ["recall_city", "fly"]}), "sequence: unknown task(s) 'fly'"),
+    "unknown_lora_target": (
+        yaml.safe_dump({**small_spec(), "finetune": {"method": "lora", "lora": {"target_modules": ["qq_proj"]}}}),
+        "finetune.lora.target_modules",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_spec_exits_2_and_writes_nothing(case, tmp_path, capsys):
+    text, says = BAD_SPECS[case]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_spec_file(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "SPEC: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(small_spec()))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["run", str(spec), "--out", str(tmp_path / "busy")]) == 2
+    assert "--out: " in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+
+def test_show_prints_R_and_summary(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(small_spec()))
+    assert main(["run", str(spec), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["show", str(tmp_path / "r"), "--metric", "loss"]) == 0
+    printed = capsys.readouterr().out
+    assert "R[loss]" in printed and "recall_city" in printed and "bwt" in printed
+    assert main(["show", str(tmp_path / "r"), "--metric", "acc"]) == 2
+    assert "--metric: 'acc' not allowed; allowed: loss, token_accuracy" in capsys.readouterr().err
+
+
+def test_show_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["show", str(tmp_path)]) == 2
+    assert "DIR: " in capsys.readouterr().err
+
+
+def test_real_process_exit_status_and_help():
+    bad = subprocess.run([sys.executable, "-m", "forgetting", "run", "/no/such.yaml", "--out", "/tmp/x"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "SPEC: no such file" in bad.stderr
+    for command in ([], ["run"], ["show"], ["pretrain"], ["book"], ["tasks"]):
+        helped = subprocess.run([sys.executable, "-m", "forgetting", *command, "--help"],
+                                capture_output=True, text=True, timeout=120)
+        assert helped.returncode == 0 and "usage: forgetting" in helped.stdout
+
+
+def test_tasks_lists_tasks_and_sequences(capsys):
+    assert main(["tasks"]) == 0
+    printed = capsys.readouterr().out
+    assert "update_city" in printed and "default" in printed
