@@ -10,7 +10,10 @@ Chapters call :func:`experiment_spec` and :func:`run_cached`; no chapter hard-co
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from forgetting import paths
 from forgetting.errors import SpecError
@@ -66,3 +69,51 @@ def run_cached(spec: ExperimentSpec, *, progress: bool = True, publish: bool = F
 
     out = paths.DATA_DIR / "results" / f"{spec.name}-{spec.hash()}" if publish else result_dir(spec)
     return run_experiment(spec, out, progress=progress)
+
+
+@dataclass
+class RunResult:
+    """A finished run read back from its folder."""
+
+    folder: Path
+    manifest: dict
+    evals: pd.DataFrame
+    train_log: pd.DataFrame
+    reference: pd.DataFrame | None
+
+    @property
+    def seed(self) -> int:
+        return int(self.manifest["seed"])
+
+
+def load_run(folder: str | Path) -> RunResult:
+    """Read a run folder written by :func:`forgetting.train.sequence.run_experiment`."""
+    from forgetting.results import read_json
+    from forgetting.train.sequence import EVALS, MANIFEST, REFERENCE, TRAIN_LOG
+
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise SpecError("DIR", f"{folder} is not a run folder (no {MANIFEST})")
+    ref = folder / REFERENCE
+    return RunResult(
+        folder=folder,
+        manifest=read_json(folder / MANIFEST),
+        evals=pd.read_parquet(folder / EVALS),
+        train_log=pd.read_parquet(folder / TRAIN_LOG) if (folder / TRAIN_LOG).is_file() else pd.DataFrame(),
+        reference=pd.read_parquet(ref) if ref.is_file() else None,
+    )
+
+
+def run_profile(profile: str = "quick", *, model: str | None = None, seed: int = 0, progress: bool = True) -> list[RunResult]:
+    """Run (or reuse) the profile's spec for each of its seeds; ``quick`` runs only ``seed``.
+
+    The result tables of all runs are returned with a ``seed`` column added, ready to concatenate.
+    """
+    runs = []
+    for s in (seed,) if profile == "quick" else seeds(profile):
+        result = load_run(run_cached(experiment_spec(profile, model=model, seed=s), progress=progress))
+        for table in (result.evals, result.train_log, result.reference):
+            if table is not None and not table.empty:
+                table["seed"] = s
+        runs.append(result)
+    return runs
