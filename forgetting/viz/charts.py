@@ -72,6 +72,14 @@ def _per_metric_expr(param: str, by_metric: Mapping[str, object], fallback: obje
     return {"expr": expr}
 
 
+def _nice_ceil(x: float) -> float:
+    """``x`` rounded up to 1, 2, 2.5, 5 or 10 times a power of ten (0.71 -> 1, 0.23 -> 0.25)."""
+    import math
+
+    power = 10 ** math.floor(math.log10(x))
+    return next(step * power for step in (1, 2, 2.5, 5, 10) if step * power >= x - 1e-15)
+
+
 def _value_domains(df: pd.DataFrame, metrics: Sequence[str], signed: Sequence[str] = ()) -> dict[str, list[float]]:
     """Colour/axis domain per metric: [0, 1] for rates, [0, max] for losses, symmetric for signed ones."""
     out: dict[str, list[float]] = {}
@@ -80,7 +88,7 @@ def _value_domains(df: pd.DataFrame, metrics: Sequence[str], signed: Sequence[st
         values = values[np.isfinite(values)]
         lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
         if metric in signed:
-            bound = max(abs(lo), abs(hi), 1e-12)
+            bound = _nice_ceil(max(abs(lo), abs(hi), 1e-12))
             out[metric] = [-bound, bound]
         elif lo >= 0 and hi <= 1 and not lower_is_better(metric):
             out[metric] = [0.0, 1.0]
@@ -373,7 +381,8 @@ def layer_head_heatmap(
     column per measurement (``value_columns``, e.g. ``["disruption", "alignment"]``). Layer 0 is at
     the bottom, heads left to right. Each measurement keeps one colour domain across steps so the
     slider compares like with like; measurements named in ``signed`` (cosines, differences) get a
-    diverging scale centred on 0. With irregular steps the slider runs over snapshot numbers and the
+    diverging red-blue scale centred on 0 (red = negative, e.g. conflicting gradients), its bound
+    rounded up to a round number. With irregular steps the slider runs over snapshot numbers and the
     chart's subtitle line shows the step.
 
     Data: layers x heads x steps x measurements rows; steps are thinned evenly to stay under ``max_rows``.
@@ -420,7 +429,6 @@ def layer_head_heatmap(
     if labels is None:
         labels = len(layers_order) * len(heads_order) <= 16 * 16
     scheme = _per_metric_expr("metric", {m: ("redblue" if m in signed else "viridis") for m in value_columns}, "viridis")
-    reverse = _per_metric_expr("metric", {m: (m in signed) for m in value_columns}, False)  # redblue: red = negative
     base = alt.Chart(long).transform_filter(" && ".join(filters)).encode(
         x=alt.X("head:O", sort=heads_order, title="head"),
         y=alt.Y("layer:O", sort=layers_order, title="layer (0 = first)"),
@@ -431,7 +439,7 @@ def layer_head_heatmap(
     )
     rect = base.mark_rect(stroke="white", strokeWidth=0.5).encode(
         color=alt.Color("value:Q", title="value", scale=alt.Scale(
-            scheme=scheme, domain=_per_metric_expr("metric", domains, [0, 1]), reverse=reverse)),
+            scheme=scheme, domain=_per_metric_expr("metric", domains, [0, 1]))),  # redblue: red = negative
     )
     parts: list[alt.Chart] = [rect]
     if labels:
