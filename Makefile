@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: book test setup pretrain results clean-book
+.PHONY: book test setup pretrain results clean-book vendor chromium sync-notebooks
 
 setup: $(STAMP)
 
@@ -21,10 +21,28 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/torch.txt
 pretrain: setup
 	$(BIN)/forgetting pretrain
 
-book: setup pretrain
+book: setup pretrain vendor
 	$(BIN)/forgetting book
 
-test: setup
+# The book's JavaScript, vendored from npm (MathJax 3, require.js, the ipywidgets HTML manager) into
+# _vendor/html/vendor/ so that the built pages load nothing from a CDN (see forgetting/book.py).
+vendor: setup
+	$(BIN)/python -c 'from forgetting.book import vendor_assets; vendor_assets()'
+
+# Headless Chromium for the browser tests: Debian's package, installed when missing and we are root;
+# otherwise the browser tests skip and say why.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (apt-get) for the browser tests"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "note: /usr/bin/chromium is missing and we are not root: browser tests will be skipped"; fi
+
+# Rewrite each chapter's paired .ipynb (and Colab setup cell) from its .md.
+sync-notebooks: setup
+	$(BIN)/python -c 'from forgetting.book import sync_notebooks; print(*sync_notebooks(), sep="\n")'
+
+test: setup vendor chromium
 	$(BIN)/python -m pytest
 
 clean-book:
