@@ -288,6 +288,7 @@ def execute_chapter(ch: Chapter, parameters: dict, *, package: str | None = None
     import jupytext
     import nbformat
     import papermill
+    from jupyter_client.manager import KernelManager
     from papermill.exceptions import PapermillExecutionError
 
     start = time.perf_counter()
@@ -298,12 +299,16 @@ def execute_chapter(ch: Chapter, parameters: dict, *, package: str | None = None
     failed = ch.executed.with_suffix(".failed.ipynb")
     for stale in (ch.executed, ch.stamp, failed):
         stale.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(dir=ch.executed.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=ch.executed.parent) as tmp, \
+            tempfile.TemporaryDirectory(prefix="fgk-") as sockets:
         out = Path(tmp) / ch.executed.name
+        # IPC sockets (files only this user can open) rather than TCP on localhost: private on a
+        # shared machine, and no "running over TCP without encryption" warning from the kernel
+        km = KernelManager(kernel_name=KERNEL, transport="ipc", ip=str(Path(sockets) / "kernel"))
         try:
             with _kernel_env():
                 papermill.execute_notebook(
-                    nb, str(out), parameters=parameters, kernel_name=KERNEL, cwd=str(ch.source.parent),
+                    nb, str(out), parameters=parameters, kernel_name=KERNEL, cwd=str(ch.source.parent), km=km,
                     progress_bar=False, log_output=False, request_save_on_cell_execute=False,
                     execution_timeout=timeout,
                 )
@@ -323,6 +328,9 @@ def execute_chapter(ch: Chapter, parameters: dict, *, package: str | None = None
                 ename=type(exc).__name__, evalue=str(exc).strip().splitlines()[-1] if str(exc).strip() else "",
                 notebook=None,
             ) from exc
+        finally:  # nbclient leaves a kernel manager it was given running
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
         executed = nbformat.read(out, as_version=4)
         executed.metadata.setdefault("forgetting", {})["parameters"] = parameters
         _hide_default_injection(executed)
