@@ -244,6 +244,12 @@ def is_fresh(ch: Chapter, parameters: dict, package: str | None = None) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
+def _read_md(path: Path):
+    import jupytext
+
+    return jupytext.read(path, fmt="md:myst")
+
+
 def _cell_line(text: str, cell_source: str) -> int | None:
     """1-based line of ``cell_source`` in the chapter's markdown (None if not found verbatim)."""
     snippet = cell_source.strip()
@@ -624,18 +630,51 @@ def build_book(
 
     Raises :class:`ChapterExecutionError` at the first failing chapter (nothing is built) and
     :class:`BookBuildError` when Sphinx reports a warning or an error. Progress goes to a tqdm bar,
-    silent with ``FORGETTING_QUIET=1``.
+    silent with ``FORGETTING_QUIET=1``. Concurrent builds of one book wait for each other.
     """
-    from tqdm.auto import tqdm
-
     parameters = chapter_parameters(profile)
     root = book_root(root)
     selected = _select_chapters(root, chapters)
     if not selected:
         raise BookBuildError(f"{root / '_toc.yml'} lists no chapters")
+    with _build_lock(root):
+        return _build(root, selected, parameters, subset=chapters is not None, force=force, strict=strict,
+                      timeout=timeout)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path):
+    """One build of a book at a time (colleagues share a checkout): later builds wait their turn."""
+    lock = root / "_build" / ".book.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another build of {root} to finish ...", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(root: Path, selected: list[Chapter], parameters: dict, *, subset: bool, force: bool, strict: bool,
+           timeout: int | None) -> Path:
+    from tqdm.auto import tqdm
+
     start = time.perf_counter()
     html = root / "_build" / "html"
     (html / HTML_STAMP).unlink(missing_ok=True)  # whatever happens next, the old HTML is no longer current
+    for ch in selected:  # Colab readers run the paired notebook: its first cell must install the package
+        problem = setup_cell_problem(_read_md(ch.source))
+        if problem:
+            raise BookBuildError(f"chapter {ch.name}: {problem}; run `make sync-notebooks` to fix it")
     vendor_assets(root)
     write_static(root)
     package = package_fingerprint()
@@ -649,10 +688,14 @@ def build_book(
                 bar.set_postfix_str(f"{ch.name} is fresh")
             bar.update(1)
         bar.set_postfix_str("jupyter-book build")
-        stage = stage_book(root, selected, subset=chapters is not None)
+        # the paired notebooks Colab opens are regenerated from the sources (un-executed)
+        for path in sync_notebooks(root, sources=[c.source for c in selected], setup_cells=False):
+            if not quiet:
+                bar.write(f"updated {path.relative_to(root)} from its .md")
+        stage = stage_book(root, selected, subset=subset)
         html = run_jupyter_book(stage, root, strict=strict)
         bar.update(1)
-    if chapters is None:
+    if not subset:
         stamp = _expected_stamp(root, selected, parameters, package)
         stamp["built_seconds"] = round(time.perf_counter() - start, 1)
         stamp["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -712,12 +755,14 @@ def _with_setup_cell(nb):
     return nb
 
 
-def sync_notebooks(root: str | Path | None = None, *, check: bool = False) -> list[Path]:
-    """Bring every ``chapters/*.md`` and its paired ``.ipynb`` up to date (md -> ipynb, never back).
+def sync_notebooks(root: str | Path | None = None, *, check: bool = False, sources: Iterable[Path] | None = None,
+                   setup_cells: bool = True) -> list[Path]:
+    """Bring every ``chapters/*.md`` (or ``sources``) and its paired ``.ipynb`` up to date (md -> ipynb, never back).
 
-    1. The chapter's first code cell becomes the Colab setup cell generated from ``_config.yml``
-       (:func:`forgetting.colab.setup_cell_source`, tag ``colab-setup``), rewriting the ``.md`` if needed.
-    2. The paired ``.ipynb`` is written from the ``.md`` with no outputs.
+    1. With ``setup_cells``, the chapter's first code cell becomes the Colab setup cell generated from
+       ``_config.yml`` (:func:`forgetting.colab.setup_cell_source`, tag ``colab-setup``), rewriting the
+       ``.md`` if needed.
+    2. The paired ``.ipynb`` is written from the ``.md`` with no outputs (deterministic cell ids).
 
     With ``check=True`` nothing is written; returns the files that are missing or out of sync.
     """
@@ -725,11 +770,11 @@ def sync_notebooks(root: str | Path | None = None, *, check: bool = False) -> li
 
     root = Path(root) if root is not None else paths.REPO_ROOT
     changed = []
-    for md in sorted((root / "chapters").glob("*.md")):
+    for md in sorted(sources if sources is not None else (root / "chapters").glob("*.md")):
         if "jupytext" not in md.read_text(encoding="utf-8")[:2000]:
             continue  # plain markdown page, not a notebook
         nb = jupytext.read(md, fmt="md:myst")
-        if setup_cell_problem(nb):
+        if setup_cells and setup_cell_problem(nb):
             changed.append(md)
             if not check:
                 jupytext.write(_with_setup_cell(nb), md, fmt="md:myst")

@@ -33,8 +33,17 @@ def code(source: str, tags: list[str] | None = None) -> str:
     return f"```{{code-cell}} ipython3\n{meta}{textwrap.dedent(source).strip()}\n```\n"
 
 
-def chapter_md(title: str, *blocks: str) -> str:
-    """A jupytext MyST chapter: a title, then markdown paragraphs and code cells (see :func:`code`)."""
+def setup_cell() -> str:
+    """The Colab setup cell every chapter starts with (generated from _config.yml)."""
+    from forgetting.colab import SETUP_TAG, setup_cell_source
+
+    return code(setup_cell_source(), tags=[SETUP_TAG])
+
+
+def chapter_md(title: str, *blocks: str, setup: bool = True) -> str:
+    """A jupytext MyST chapter: a title, the Colab setup cell, then markdown paragraphs and code
+    cells (see :func:`code`)."""
+    blocks = ((setup_cell(),) if setup else ()) + blocks
     body = "\n".join(textwrap.dedent(b).strip() + "\n" for b in blocks)
     return f"{HEADER}\n# {title}\n\n{body}"
 

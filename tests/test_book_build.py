@@ -151,10 +151,10 @@ def test_failing_chapter_stops_the_build_naming_chapter_and_cell(tmp_path):
     message = str(err)
     line = broken.splitlines().index("ratio = total / 0  # the bug") + 1
     assert err.chapter == "chapters/01_broken"
-    assert err.cell_index == 4  # title, parameters, prose, total, ratio (0-based; papermill's injected cell not counted)
+    assert err.cell_index == 5  # title, setup, parameters, prose, total, ratio (0-based; papermill's cell not counted)
     assert err.line == line
     assert err.ename == "ZeroDivisionError"
-    assert "chapter chapters/01_broken failed in cell 4" in message
+    assert "chapter chapters/01_broken failed in cell 5" in message
     assert f"line {line} of 01_broken.md" in message
     assert "ZeroDivisionError: division by zero" in message
     assert "ratio = total / 0" in message
@@ -213,6 +213,28 @@ def test_build_executes_stale_chapters_only_and_stages_executed_notebooks(tmp_pa
     html = book.build_book(root=root)
     assert ch.stamp.read_text() != stamp
     assert "The answer still is" in (html / "chapters" / "small.html").read_text()
+
+
+def test_a_chapter_without_the_colab_setup_cell_is_refused(tmp_path):
+    root = make_book(tmp_path / "b", {"chapters/a": chapter_md("A", PARAMETERS, code("x = 1"), setup=False)})
+    with pytest.raises(book.BookBuildError, match="chapter chapters/a: the first code cell is not tagged 'colab-setup'"):
+        book.build_book(root=root)
+
+
+def test_a_subset_build_and_the_paired_notebooks(tmp_path):
+    root = make_book(tmp_path / "b", {
+        "chapters/a": chapter_md("A", PARAMETERS, code("x = 1")),
+        "chapters/b": chapter_md("B", PARAMETERS, code("y = 2")),
+    })
+    html = book.build_book(chapters=["b"], root=root)
+    assert (html / "index.html").is_file() and (html / "chapters" / "b.html").is_file()
+    assert not (html / "chapters" / "a.html").exists()
+    assert not book.chapter("chapters/a", root).executed.exists()
+    assert not book.html_is_fresh(root=root)  # a partial book is never "the book"
+    # the build wrote b's paired notebook for Colab, un-executed
+    paired = json.loads((root / "chapters" / "b.ipynb").read_text())
+    assert all(c.get("outputs", []) == [] for c in paired["cells"])
+    assert book.sync_notebooks(root, check=True, sources=[root / "chapters" / "b.md"]) == []
 
 
 def test_sphinx_warnings_fail_the_build(tmp_path):
