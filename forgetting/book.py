@@ -53,6 +53,7 @@ STAMP_VERSION = 1
 HTML_STAMP = ".forgetting-book.json"
 # npm packages vendored under _vendor/html/vendor/ (MathJax 3, not 4: Sphinx 7.4 configures v3)
 VENDORED_NPM = {"mathjax": "3.2.2", "requirejs": "2.3.8", "@jupyter-widgets/html-manager": "1.0.15"}
+VENDOR_LAYOUT = 4  # bump when the files written under _vendor/html/vendor/ change
 # inputs of every chapter besides its own source: the package and the shipped experiment specs
 FINGERPRINT_DIRS = ("forgetting", "data/specs")
 _SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
@@ -417,11 +418,13 @@ def vendor_assets(root: str | Path | None = None, *, force: bool = False) -> Pat
 
         _vendor/html/vendor/mathjax/tex-mml-chtml.js (+ the rest of MathJax's es5/ folder)
         _vendor/html/vendor/require.js
+        _vendor/html/vendor/widgets-config.js (widget manager's font paths, MathJax 2 -> 3 shim)
         _vendor/html/vendor/html-manager/embed-amd.js (+ fonts)
     """
     target = vendor_dir(root)
     stamp = target / "vendor" / "VENDORED.json"
-    if not force and stamp.is_file() and json.loads(stamp.read_text()).get("packages") == VENDORED_NPM:
+    wanted = {"packages": VENDORED_NPM, "layout": VENDOR_LAYOUT}
+    if not force and stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return target
     npm = shutil.which("npm")
     if npm is None:
@@ -448,8 +451,32 @@ def vendor_assets(root: str | Path | None = None, *, force: bool = False) -> Pat
         for lic in ("package/LICENSE", "package/LICENSE.txt", "package/LICENSE.md"):
             if _extract(tgz, lic, out / "licenses" / f"{name.replace('/', '__')}-LICENSE", missing_ok=True):
                 break
-    stamp.write_text(json.dumps({"packages": VENDORED_NPM}, indent=2) + "\n")
+    (out / "widgets-config.js").write_text(_WIDGETS_CONFIG, encoding="utf-8")
+    stamp.write_text(json.dumps(wanted, indent=2) + "\n")
     return target
+
+
+# Loaded between require.js and embed-amd.js (nb_ipywidgets_js in _config.yml).
+_WIDGETS_CONFIG = """\
+/* forgetting book: glue between the vendored @jupyter-widgets/html-manager and this page (no CDN). */
+(function () {
+  // the widget manager's AMD modules find their fonts relative to their require.js module URL,
+  // by default beside the page ("chapters/@jupyter-widgets/..."): point them at the vendored copy
+  var here = document.currentScript.src.replace(/[^/]*$/, "");
+  window.requirejs.config({paths: {"@jupyter-widgets/html-manager/dist": here + "html-manager"}});
+  // ipywidgets 8 typesets descriptions with the MathJax 2 API (MathJax.Hub.Queue); the book runs
+  // MathJax 3, which has typesetPromise instead: translate, or every widget throws
+  function queue(job) {
+    var el = Array.isArray(job) ? job[2] : null, mj = window.MathJax;
+    if (!el || !mj) return;
+    if (mj.typesetPromise) { mj.typesetPromise([el]); }
+    else if (mj.startup && mj.startup.promise) { mj.startup.promise.then(function () { window.MathJax.typesetPromise([el]); }); }
+  }
+  function install() { if (window.MathJax && !window.MathJax.Hub) { window.MathJax.Hub = {Queue: queue}; } }
+  install();
+  document.addEventListener("DOMContentLoaded", install);  // MathJax 3 replaces its global when it loads
+})();
+"""
 
 
 def _extract(tgz: Path, prefix: str, dest: Path, *, skip: tuple[str, ...] = (), missing_ok: bool = False) -> bool:

@@ -112,11 +112,16 @@ def chart_book(chromium_path, tmp_path_factory) -> Iterator[Served]:
                               for s in (0, 20, 40) for l in range(4) for h in range(8)])
         layer_head_heatmap(heads, ["disruption", "alignment"], signed=["alignment"])
     """)
+    widget = code("""
+        import ipywidgets as widgets
+        widgets.IntSlider(value=3, min=0, max=10, description="static")
+    """)
     text = chapter_md(
         "Charts", PARAMETERS, cells,
         "The matrix $R$:", code("r_matrix_heatmap(evals)"),
         "Curves:", code("forgetting_curves(evals)"),
         "Heads:", heads,
+        "A widget, shown as its saved state by the vendored widget manager:", widget,
     )
     root = make_book(tmp_path_factory.mktemp("chart_book"), {"chapters/charts": text})
     html = book.build_book("quick", root=root)

@@ -155,5 +155,8 @@ def test_chart_book_selects_and_sliders_redraw_offline(chart_book, visit):
     assert len(texts) == 5 * 4 and "0.96" in texts  # (T + 1) x T labelled cells: exact match after recall_city
     assert _operate_selects(v.page, "charts") == 3 + 3 + 1  # 4 metrics (R, curves), 2 measurements (heads)
     assert _operate_sliders(v.page, "charts") == 1
+    # the ipywidget is drawn from its saved state by the vendored require.js + html-manager
+    v.page.wait_for_selector(".widget-slider, .jupyter-widget-slider, .widget-hslider", timeout=15_000)
+    assert v.page.locator("script[src*='vendor/html-manager/embed-amd.js']").count() == 1
     assert v.errors == [] and v.external == [], (v.errors, v.external)
     v.page.screenshot(path=str(chart_book.root / "charts.png"), full_page=True)
