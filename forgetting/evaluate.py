@@ -128,7 +128,7 @@ def performance_matrix(evals: pd.DataFrame, metric: str = "exact_match") -> pd.D
     """R as a (T+1) x T DataFrame: row 0 = before fine-tuning ('base'), row i = after task i.
 
     Index: the stage_task of each row ("base", then task names); columns: evaluated tasks in sequence
-    order. Values are the raw metric (for ``loss`` lower is better; negate before
+    order. With several runs (a ``seed`` column) each cell is the mean over runs. Values are the raw metric (for ``loss`` lower is better; negate before
     :func:`forgetting.metrics.summarize`).
     """
     if metric not in METRICS:
@@ -162,3 +162,20 @@ def summary_table(evals: pd.DataFrame, reference: pd.DataFrame | None = None) ->
         result = summarize(values[1:], baseline=values[0], reference=ref)
         out.append({"metric": metric, **{k: result.get(k) for k in ("acc", "bwt", "fwt", "forgetting", "intransigence")}})
     return pd.DataFrame(out)
+
+
+def summary_by_seed(evals: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """:func:`summary_table` for each seed of a multi-run table, long format.
+
+    Columns: ``seed``, ``metric``, ``measure`` (acc, bwt, fwt, forgetting, intransigence), ``value``.
+    ``evals`` (and ``reference``) carry a ``seed`` column; without one, everything is seed 0.
+    """
+    evals = evals if "seed" in evals else evals.assign(seed=0)
+    out = []
+    for seed, group in evals.groupby("seed"):
+        ref = None
+        if reference is not None:
+            ref = reference[reference["seed"] == seed] if "seed" in reference else reference
+        table = summary_table(group, ref).melt(id_vars="metric", var_name="measure", value_name="value")
+        out.append(table.assign(seed=seed))
+    return pd.concat(out, ignore_index=True).dropna(subset=["value"])
