@@ -42,6 +42,9 @@ chromium:
 sync-notebooks: setup
 	$(BIN)/python -c 'from forgetting.book import sync_notebooks; print(*sync_notebooks(), sep="\n")'
 
+results: setup pretrain
+	$(BIN)/forgetting results --profile full
+
 test: setup vendor chromium
 	$(BIN)/python -m pytest
 

@@ -4,6 +4,7 @@
     forgetting show DIR               print the performance matrices and the summary of a run
     forgetting pretrain               build the embedded default models (tiny, tiny-moe)
     forgetting book                   execute the chapters and build the static book
+    forgetting results                run the full profile's seeds into data/results/
     forgetting tasks                  list tasks and named sequences
 
 Bad input exits with status 2 and one line naming the field and what is allowed; nothing is written.
@@ -83,6 +84,16 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+    from forgetting.profiles import experiment_spec, run_cached, seeds
+
+    for seed in seeds(args.profile):
+        spec = experiment_spec(args.profile, seed=seed)
+        out = run_cached(spec, progress=not args.quiet, publish=True)
+        print(f"{spec.name} seed {seed}: {out}")
+    return 0
+
+
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from forgetting.tasks import SEQUENCES, make_task, task_names
 
@@ -128,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--profile", default="quick", choices=["quick", "full", "gpu"], help="chapter profile")
     book.add_argument("--force", action="store_true", help="re-execute every chapter")
     book.set_defaults(func=_cmd_book)
+
+    results = sub.add_parser("results", help="run a profile for all its seeds into data/results", description=
+                             "Run every seed of a profile and store the runs with provenance in data/results/.")
+    results.add_argument("--profile", default="full", choices=["quick", "full"], help="profile (default: full)")
+    results.add_argument("--quiet", action="store_true", help="no progress bar")
+    results.set_defaults(func=_cmd_results)
 
     tasks = sub.add_parser("tasks", help="list tasks and named sequences", description="List tasks and sequences.")
     tasks.set_defaults(func=_cmd_tasks)
