@@ -67,7 +67,7 @@ class PretrainRecipe:
 RECIPES: dict[str, PretrainRecipe] = {
     "tiny": PretrainRecipe(name="tiny", architecture="llama"),
     "tiny-moe": PretrainRecipe(
-        name="tiny-moe", architecture="llama4_text", intermediate_size=256, num_experts=4, steps=2000
+        name="tiny-moe", architecture="llama4_text", intermediate_size=256, num_experts=4, steps=2000, batch_size=32
     ),
 }
 
@@ -299,8 +299,11 @@ def load_embedded(name: str = "tiny"):
     """``(model, tokenizer)`` of embedded model ``name``, in eval mode with eager attention."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+    from forgetting.models.hub import quiet_progress
+
     folder = embedded_dir(name)
-    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    with quiet_progress(always=True):
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     model.eval()
     return model, tokenizer

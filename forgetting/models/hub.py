@@ -106,13 +106,14 @@ _LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, 
 
 
 @contextmanager
-def quiet_progress() -> Iterator[None]:
-    """Silence transformers' loading progress bars when the package is quiet (``FORGETTING_QUIET``)."""
+def quiet_progress(always: bool = False) -> Iterator[None]:
+    """Silence transformers' loading progress bars when the package is quiet (``FORGETTING_QUIET``),
+    or ``always`` (small local models load in milliseconds: a bar is only noise)."""
     from transformers.utils import logging as hf_logging
 
     from forgetting.paths import quiet
 
-    if not quiet() or not hf_logging.is_progress_bar_enabled():
+    if not (always or quiet()) or not hf_logging.is_progress_bar_enabled():
         yield
         return
     hf_logging.disable_progress_bar()
