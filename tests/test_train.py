@@ -134,3 +134,22 @@ def test_reference_run_gives_intransigence(tmp_path):
     ref = pd.read_parquet(out / "reference.parquet")
     assert set(ref.task) == {"recall_city", "update_city"} and (ref.stage == -1).all()
     assert json.loads((out / "state.json").read_text())["reference_done"] is True
+
+
+def test_lora_run_trains_and_snapshots_only_the_adapter(tmp_path):
+    from safetensors.torch import load_file
+
+    _, out = _run(tmp_path, finetune={"method": "lora", "lora": {"r": 4, "alpha": 8}})
+    weights = load_file(out / "snapshots" / "stage01-recall_city" / "weights.safetensors")
+    assert weights and all("lora_" in name for name in weights)
+    base = load_file(out / "snapshots" / "stage00-base" / "weights.safetensors")
+    assert any(not torch.equal(weights[k], base[k]) for k in weights)  # the adapter moved
+    evals = pd.read_parquet(out / "evals.parquet")
+    loss = evals[(evals.task == "recall_city") & (evals.metric == "loss") & evals.end_of_stage]
+    assert loss[loss.stage == 1].value.item() < loss[loss.stage == 0].value.item()
+
+
+def test_moe_model_runs_the_same_pipeline(tmp_path):
+    _, out = _run(tmp_path, model="tiny-moe", steps_per_task=2, eval={"every": 0})
+    evals = pd.read_parquet(out / "evals.parquet")
+    assert set(evals[evals.end_of_stage].stage) == {0, 1, 2}
