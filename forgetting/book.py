@@ -142,13 +142,18 @@ def toc_chapters(root: str | Path | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class Chapter:
-    """One chapter: its toc name, jupytext source, paired notebook and executed notebook."""
+    """One page of the book: its toc name, source, paired notebook and executed notebook.
+
+    A *notebook* chapter has a jupytext header: it is executed and published from its executed
+    notebook. Any other ``.md`` in the toc (a bibliography, a glossary) is a plain page: staged as is.
+    """
 
     name: str          # toc name, e.g. "chapters/00_introduction"
     source: Path       # chapters/00_introduction.md (jupytext MyST)
     paired: Path       # chapters/00_introduction.ipynb (un-executed, for Colab)
     executed: Path     # _build/executed/chapters/00_introduction.ipynb
     stamp: Path        # _build/executed/chapters/00_introduction.stamp.json
+    notebook: bool = True
 
 
 def chapter(name: str, root: str | Path | None = None) -> Chapter:
@@ -159,7 +164,17 @@ def chapter(name: str, root: str | Path | None = None) -> Chapter:
     if not source.is_file():
         raise BookBuildError(f"chapter {name}: {source} does not exist (listed in {root / '_toc.yml'})")
     executed = root / "_build" / "executed" / f"{name}.ipynb"
-    return Chapter(name, source, source.with_suffix(".ipynb"), executed, executed.with_suffix(".stamp.json"))
+    return Chapter(name, source, source.with_suffix(".ipynb"), executed, executed.with_suffix(".stamp.json"),
+                   notebook=is_notebook_source(source))
+
+
+def is_notebook_source(path: Path) -> bool:
+    """True for a jupytext MyST notebook (a ``jupytext`` or ``kernelspec`` key in its front matter)."""
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        return False
+    front = text[3:].split("\n---", 1)[0]
+    return "jupytext:" in front or "kernelspec:" in front
 
 
 def _select_chapters(root: Path, wanted: Sequence[str] | None) -> list[Chapter]:
@@ -197,6 +212,13 @@ def _tree_files(folder: Path) -> list[Path]:
     return out
 
 
+def _file_sha(path: Path) -> str:
+    try:
+        return _sha(path.read_bytes())
+    except FileNotFoundError:  # removed while we looked (someone else's editor or tool)
+        return "-"
+
+
 def package_fingerprint(root: str | Path | None = None) -> str:
     """sha256 over the path and content of every file of the ``forgetting`` package and ``data/specs``.
 
@@ -207,7 +229,7 @@ def package_fingerprint(root: str | Path | None = None) -> str:
     for folder in FINGERPRINT_DIRS:
         for path in _tree_files(root / folder):
             h.update(path.relative_to(root).as_posix().encode() + b"\0")
-            h.update(_sha(path.read_bytes()).encode() + b"\n")
+            h.update(_file_sha(path).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -230,7 +252,10 @@ def chapter_hash(ch: Chapter, parameters: dict, package: str | None = None) -> s
 
 
 def is_fresh(ch: Chapter, parameters: dict, package: str | None = None) -> bool:
-    """True when ``ch`` has an executed notebook made from exactly this source, parameters and package."""
+    """True when ``ch`` has an executed notebook made from exactly this source, parameters and package
+    (always True for a plain page: there is nothing to execute)."""
+    if not ch.notebook:
+        return True
     if not ch.executed.is_file() or not ch.stamp.is_file():
         return False
     try:
@@ -525,7 +550,10 @@ def _copy_assets(src_dir: Path, dst_dir: Path) -> None:
             continue
         target = dst_dir / path.relative_to(src_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        try:
+            shutil.copy2(path, target)
+        except FileNotFoundError:  # removed while we copied
+            pass
 
 
 def stage_book(root: Path, chapters: list[Chapter], *, subset: bool) -> Path:
@@ -551,9 +579,9 @@ def stage_book(root: Path, chapters: list[Chapter], *, subset: bool) -> Path:
     for folder in sorted({c.source.parent for c in chapters}):
         _copy_assets(folder, stage / folder.relative_to(root))
     for c in chapters:
-        target = stage / f"{c.name}.ipynb"
+        target = stage / f"{c.name}.ipynb" if c.notebook else stage / f"{c.name}.md"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(c.executed, target)
+        shutil.copy2(c.executed if c.notebook else c.source, target)
     for extra in ("_static", "_templates"):
         if (root / extra).is_dir():
             shutil.copytree(root / extra, stage / extra, ignore=shutil.ignore_patterns(*_SKIP_DIRS))
@@ -601,12 +629,12 @@ def _config_fingerprint(root: Path) -> str:
     for folder in ("_static", "_templates"):
         if (root / folder).is_dir():
             for path in _tree_files(root / folder):
-                h.update(path.relative_to(root).as_posix().encode() + _sha(path.read_bytes()).encode())
+                h.update(path.relative_to(root).as_posix().encode() + _file_sha(path).encode())
     for c in toc_chapters(root):
         folder = (root / c).parent
         for path in _tree_files(folder):
             if path.suffix not in (".md", ".ipynb"):
-                h.update(path.relative_to(root).as_posix().encode() + _sha(path.read_bytes()).encode())
+                h.update(path.relative_to(root).as_posix().encode() + _file_sha(path).encode())
     stamp = vendor_dir(root) / "vendor" / "VENDORED.json"
     h.update(stamp.read_bytes() if stamp.is_file() else b"-")
     return h.hexdigest()
@@ -698,7 +726,7 @@ def _build(root: Path, selected: list[Chapter], parameters: dict, *, subset: boo
     start = time.perf_counter()
     html = root / "_build" / "html"
     (html / HTML_STAMP).unlink(missing_ok=True)  # whatever happens next, the old HTML is no longer current
-    for ch in selected:  # Colab readers run the paired notebook: its first cell must install the package
+    for ch in [c for c in selected if c.notebook]:  # Colab runs the paired notebook: its first cell installs
         problem = setup_cell_problem(_read_md(ch.source))
         if problem:
             raise BookBuildError(f"chapter {ch.name}: {problem}; run `make sync-notebooks` to fix it")
@@ -708,7 +736,9 @@ def _build(root: Path, selected: list[Chapter], parameters: dict, *, subset: boo
     quiet = paths.quiet()
     with tqdm(total=len(selected) + 1, desc="book", unit="step", disable=quiet, leave=not quiet) as bar:
         for ch in selected:
-            if force or not is_fresh(ch, parameters, package):
+            if not ch.notebook:
+                bar.set_postfix_str(f"{ch.name} is a page")
+            elif force or not is_fresh(ch, parameters, package):
                 bar.set_postfix_str(f"executing {ch.name}")
                 execute_chapter(ch, parameters, package=package, timeout=timeout)
             else:
@@ -716,7 +746,7 @@ def _build(root: Path, selected: list[Chapter], parameters: dict, *, subset: boo
             bar.update(1)
         bar.set_postfix_str("jupyter-book build")
         # the paired notebooks Colab opens are regenerated from the sources (un-executed)
-        for path in sync_notebooks(root, sources=[c.source for c in selected], setup_cells=False):
+        for path in sync_notebooks(root, sources=[c.source for c in selected if c.notebook], setup_cells=False):
             if not quiet:
                 bar.write(f"updated {path.relative_to(root)} from its .md")
         stage = stage_book(root, selected, subset=subset)
@@ -782,6 +812,26 @@ def _with_setup_cell(nb):
     return nb
 
 
+def _notebook_key(nb) -> tuple:
+    cells = tuple(
+        (c.cell_type, c.source.strip(), tuple(c.get("metadata", {}).get("tags", [])),
+         len(c.get("outputs", [])) if c.cell_type == "code" else 0)
+        for c in nb.cells
+    )
+    meta = nb.metadata
+    return cells, (meta.get("jupytext") or {}).get("formats"), (meta.get("kernelspec") or {}).get("name")
+
+
+def _same_notebook(path: Path, wanted) -> bool:
+    """True when the notebook at ``path`` has ``wanted``'s cells (type, source, tags, no outputs)."""
+    import nbformat
+
+    try:
+        return _notebook_key(nbformat.read(path, as_version=4)) == _notebook_key(wanted)
+    except Exception:  # unreadable: rewrite it
+        return False
+
+
 def sync_notebooks(root: str | Path | None = None, *, check: bool = False, sources: Iterable[Path] | None = None,
                    setup_cells: bool = True) -> list[Path]:
     """Bring every ``chapters/*.md`` (or ``sources``) and its paired ``.ipynb`` up to date (md -> ipynb, never back).
@@ -806,9 +856,10 @@ def sync_notebooks(root: str | Path | None = None, *, check: bool = False, sourc
             if not check:
                 jupytext.write(_with_setup_cell(nb), md, fmt="md:myst")
         ipynb = md.with_suffix(".ipynb")
-        text = jupytext.writes(_with_setup_cell(paired_notebook(md)), fmt="ipynb")
-        if ipynb.is_file() and ipynb.read_text(encoding="utf-8") == text:
-            continue
+        wanted = _with_setup_cell(paired_notebook(md)) if setup_cells else paired_notebook(md)
+        if ipynb.is_file() and _same_notebook(ipynb, wanted):
+            continue  # (compared by content: a notebook written by `jupytext --sync` is left alone)
+        text = jupytext.writes(wanted, fmt="ipynb")
         changed.append(ipynb)
         if not check:
             ipynb.write_text(text, encoding="utf-8")

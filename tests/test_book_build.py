@@ -180,7 +180,7 @@ def test_build_executes_stale_chapters_only_and_stages_executed_notebooks(tmp_pa
         glue("answer", 6 * 7, display=False)
     """)
     text = chapter_md("Small", PARAMETERS, "The answer is {glue:text}`answer`. Math: $a^2 + b^2$.", glued, chart)
-    root = make_book(tmp_path / "b", {"chapters/small": text})
+    root = make_book(tmp_path / "b", {"chapters/small": text, "chapters/notes": "# Notes\n\nA plain page.\n"})
     (root / "chapters" / "asset.txt").write_text("data")  # an asset that must be staged beside the chapter
     # the kernel runs in chapters/: make `tests` importable there for the synthetic table
     (root / "chapters" / "tests").symlink_to(REPO / "tests", target_is_directory=True)
@@ -193,6 +193,10 @@ def test_build_executes_stale_chapters_only_and_stages_executed_notebooks(tmp_pa
     assert (html / "_static" / "forgetting-vega.js").is_file()
     assert (html / "vendor" / "mathjax" / "tex-mml-chtml.js").is_file()
     assert (root / "_build" / "stage" / "chapters" / "asset.txt").read_text() == "data"
+    # a .md without a jupytext header is a plain page: staged as is, never executed, no paired notebook
+    notes = book.chapter("chapters/notes", root)
+    assert not notes.notebook and not notes.executed.exists() and not notes.paired.exists()
+    assert "A plain page." in (html / "chapters" / "notes.html").read_text()
     for path in html.rglob("*.html"):
         # the one CDN URL allowed is the chart scripts' fallback for live kernels (never used in the book)
         text_html = re.sub(r"<script[^>]*>[^<]*?forgetting-vega-.*?</script>", "", path.read_text(), flags=re.S)

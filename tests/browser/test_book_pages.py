@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from forgetting import paths
+from forgetting import book, paths
 
 pytestmark = pytest.mark.browser
 
@@ -129,7 +129,13 @@ def test_every_chart_draws_and_its_selects_change_it(served_book, visit):
 
 
 def test_colab_links_open_the_paired_notebooks(served_book, visit):
-    chapters = [p for p in served_book.pages() if p.startswith("chapters/")]
+    pages = [p for p in served_book.pages() if (served_book.root / p).with_suffix(".md").is_file()]
+    chapters = [p for p in pages if book.is_notebook_source((served_book.root / p).with_suffix(".md"))]
+    assert chapters, "no notebook chapter in the book"
+    for page_path in pages:
+        if page_path not in chapters:  # a plain page (the bibliography) has no notebook to open
+            v = visit(served_book, page_path)
+            assert v.page.locator("a[href*='colab.research.google.com']").count() == 0, page_path
     for page_path in chapters:
         v = visit(served_book, page_path)
         links = v.page.locator("a[href*='colab.research.google.com']").evaluate_all("as => as.map(a => a.href)")
