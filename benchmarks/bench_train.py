@@ -112,11 +112,9 @@ def time_bare(spec) -> float:
     start = time.perf_counter()
     model, tok = load_for_spec(spec)
     accelerator = Accelerator(cpu=True)
-    opt = spec.optimizer
     for stage, task in enumerate(prepare_tasks(spec, tok), start=1):
         train_task(model, task.train, steps=steps_per_task(spec, len(task.train)), batch_size=spec.batch_size,
-                   optim=OptimConfig(opt.lr, opt.weight_decay, tuple(opt.betas), opt.warmup_steps, opt.schedule,
-                                     opt.max_grad_norm), seed=stage, accelerator=accelerator)
+                   optim=OptimConfig.from_spec(spec.optimizer), seed=stage, accelerator=accelerator)
     return time.perf_counter() - start
 
 

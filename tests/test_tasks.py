@@ -68,7 +68,7 @@ def test_skill_rules(name, prompt, target):
     if prompt in rule:
         assert rule[prompt] == target
     for ex in task.train[:50]:
-        words = ex.prompt.split()[3:-2] if name == "add" else ex.prompt.split()[3:-2]
+        words = ex.prompt.split()[3:-2]  # "Q : <skill> w1 .. wn A :"
         if name == "reverse":
             assert ex.target.split() == words[::-1]
         elif name == "copy":

@@ -36,6 +36,11 @@ class OptimConfig:
     schedule: str = "linear"
     max_grad_norm: float | None = 1.0
 
+    @classmethod
+    def from_spec(cls, spec) -> "OptimConfig":
+        """From an :class:`forgetting.experiments.OptimizerSpec`."""
+        return cls(spec.lr, spec.weight_decay, tuple(spec.betas), spec.warmup_steps, spec.schedule, spec.max_grad_norm)
+
 
 def target_loss_sum(model, batch: EncodedExamples, device) -> torch.Tensor:
     """Sum of next-token cross-entropy over the target tokens of ``batch`` (a 0-d tensor)."""

@@ -147,11 +147,9 @@ def _run_stage(ctx: RunContext, state: dict, stage: int, global_step: int, bar) 
         if step < steps and spec.snapshots.every and step % spec.snapshots.every == 0:
             labels.append(_snapshot(ctx, stage, task.name, g, end=False))
 
-    opt = spec.optimizer
     train_task(
         ctx.model, task.train, steps=steps, batch_size=spec.batch_size, grad_accum=spec.grad_accum,
-        optim=OptimConfig(opt.lr, opt.weight_decay, tuple(opt.betas), opt.warmup_steps, opt.schedule, opt.max_grad_norm),
-        seed=stage_seed(spec.seed, stage), accelerator=ctx.accelerator, on_step=on_step, task_name=task.name,
+        optim=OptimConfig.from_spec(spec.optimizer), seed=stage_seed(spec.seed, stage), accelerator=ctx.accelerator, on_step=on_step, task_name=task.name,
     )
     global_step += steps
     _evaluate(ctx, stage, task.name, global_step, end=True)
@@ -200,12 +198,10 @@ def run_reference(ctx: RunContext, state: dict) -> None:
         torch.cat([pad(t.train.answer_mask, False) for t in ctx.tasks]),
     )
     steps = spec.reference.steps or sum(steps_per_task(spec, len(t.train)) for t in ctx.tasks)
-    opt = spec.optimizer
     torch.manual_seed(stage_seed(spec.seed, 10_000))
     train_task(
         ctx.model, joint, steps=steps, batch_size=spec.batch_size, grad_accum=spec.grad_accum,
-        optim=OptimConfig(opt.lr, opt.weight_decay, tuple(opt.betas), opt.warmup_steps, opt.schedule, opt.max_grad_norm),
-        seed=stage_seed(spec.seed, 10_000), accelerator=ctx.accelerator, task_name="joint",
+        optim=OptimConfig.from_spec(spec.optimizer), seed=stage_seed(spec.seed, 10_000), accelerator=ctx.accelerator, task_name="joint",
     )
     if ctx.main:
         rows = evaluation_rows(ctx.accelerator.unwrap_model(ctx.model), ctx.tasks, stage=-1, stage_task="joint",
