@@ -649,20 +649,25 @@ def _expected_stamp(root: Path, chapters: list[Chapter], parameters: dict, packa
     }
 
 
+def _stamp_matches(html: Path, expected: dict) -> bool:
+    try:
+        stamp = json.loads((html / HTML_STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all(stamp.get(k) == v for k, v in expected.items()) and (html / "index.html").is_file()
+
+
 def html_is_fresh(profile: str = "quick", root: str | Path | None = None, *, html: str | Path | None = None) -> bool:
     """True when ``_build/html`` was built from every toc chapter, as they and the package are now."""
     root = book_root(root)
     html = Path(html) if html is not None else root / "_build" / "html"
-    stamp_path = html / HTML_STAMP
-    if not stamp_path.is_file():
+    if not (html / HTML_STAMP).is_file():
         return False
     try:
         chapters = _select_chapters(root, None)
     except BookBuildError:
         return False
-    stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
-    expected = _expected_stamp(root, chapters, chapter_parameters(profile), package_fingerprint())
-    return all(stamp.get(k) == v for k, v in expected.items())
+    return _stamp_matches(html, _expected_stamp(root, chapters, chapter_parameters(profile), package_fingerprint()))
 
 
 def build_book(
@@ -679,7 +684,8 @@ def build_book(
     - ``profile``: ``quick`` (CI, CPU), ``full`` (published numbers) or ``gpu`` (Colab GPU).
     - ``chapters``: toc names or stems to build (default: every chapter in ``_toc.yml``); a subset
       builds a smaller book with just those pages.
-    - ``force``: execute every selected chapter even when its stamp is fresh.
+    - ``force``: execute every selected chapter even when its stamp is fresh (and rebuild the HTML;
+      without it, a build whose HTML stamp matches returns at once).
     - ``strict``: Jupyter Book in nitpicky mode with warnings as errors (``-W -n --keep-going``).
     - ``root``: the book root (default: the repository); ``timeout``: seconds per cell (default none).
 
@@ -725,7 +731,6 @@ def _build(root: Path, selected: list[Chapter], parameters: dict, *, subset: boo
 
     start = time.perf_counter()
     html = root / "_build" / "html"
-    (html / HTML_STAMP).unlink(missing_ok=True)  # whatever happens next, the old HTML is no longer current
     for ch in [c for c in selected if c.notebook]:  # Colab runs the paired notebook: its first cell installs
         problem = setup_cell_problem(_read_md(ch.source))
         if problem:
@@ -734,6 +739,9 @@ def _build(root: Path, selected: list[Chapter], parameters: dict, *, subset: boo
     write_static(root)
     package = package_fingerprint()
     quiet = paths.quiet()
+    if not subset and not force and _stamp_matches(html, _expected_stamp(root, selected, parameters, package)):
+        return html  # built from exactly these chapters, parameters, package and configuration
+    (html / HTML_STAMP).unlink(missing_ok=True)  # whatever happens next, the old HTML is no longer current
     with tqdm(total=len(selected) + 1, desc="book", unit="step", disable=quiet, leave=not quiet) as bar:
         for ch in selected:
             if not ch.notebook:
