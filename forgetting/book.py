@@ -21,9 +21,13 @@ The pipeline (``build_book``), with the repository root as the book root:
    runs with ``execute_notebooks: off`` on the stage.
 5. **HTML.** ``jupyter-book build _build/stage --path-output . --all -W -n --keep-going`` (nitpicky,
    warnings are errors) writes ``_build/html``; a stamp ``_build/html/.forgetting-book.json`` records
-   what it was built from (:func:`html_is_fresh`).
+   what it was built from (:func:`html_is_fresh`), and a build with nothing changed returns at once.
 
-``glue`` is re-exported so that chapters also run where myst-nb is not installed (Colab).
+Also: a ``.md`` in the toc without a jupytext header (the bibliography) is a plain page, staged as
+is; the paired ``.ipynb`` files are regenerated from the sources on every build
+(:func:`sync_notebooks`); builds of one book are serialised by a lock file. This module is also the
+book's small Sphinx extension (:func:`setup`), and ``glue`` is re-exported so that chapters also
+run where myst-nb is not installed (Colab).
 """
 
 from __future__ import annotations
