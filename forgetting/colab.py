@@ -32,23 +32,31 @@ def repository(root: str | Path | None = None) -> dict:
     return {"url": url, "branch": str(repo.get("branch") or "main"), "path_to_book": str(repo.get("path_to_book") or "")}
 
 
-def install_target(root: str | Path | None = None) -> str:
-    """What Colab pip-installs: ``git+<repository.url>@<branch>``."""
-    repo = repository(root)
-    return f"git+{repo['url']}@{repo['branch']}"
+COLAB_CHECKOUT = "/content/forgetting"
 
 
 def setup_cell_source(root: str | Path | None = None) -> str:
-    """The first code cell of every chapter: installs the package, only when running in Colab."""
+    """The first code cell of every chapter: installs the package, only when running in Colab.
+
+    It clones the repository (not ``pip install git+...``) because the package reads shipped data
+    from the checkout's ``data/`` (the pretrained embedded models, the specs), then installs the clone
+    (a regular install: importable in the running kernel without a restart) and points
+    ``FORGETTING_DATA`` at the clone's ``data/``.
+    """
+    repo = repository(root)
     return (
         "# Colab only: install the companion package (locally `make setup` has installed it).\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
+        "    import os\n"
         "    import subprocess\n"
         "\n"
-        f'    package = "{install_target(root)}"\n'
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)'
+        f'    checkout = "{COLAB_CHECKOUT}"\n'
+        "    if not os.path.isdir(checkout):\n"
+        f'        subprocess.run(["git", "clone", "--depth", "1", "--branch", "{repo["branch"]}", "{repo["url"]}", checkout], check=True)\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", checkout], check=True)\n'
+        '    os.environ["FORGETTING_DATA"] = os.path.join(checkout, "data")'
     )
 
 

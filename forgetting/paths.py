@@ -1,7 +1,8 @@
 """Where the package reads shipped data and writes its caches.
 
 - ``DATA_DIR``: the repository's ``data/`` folder (shipped specs, the pretrained embedded model, cached
-  results with provenance). It exists in a checkout (``pip install -e .``, Colab clones the repo).
+  results with provenance), or ``$FORGETTING_DATA`` when set (Colab installs the package from a clone
+  and points this at the clone's ``data/``).
 - ``cache_dir()``: ``$FORGETTING_CACHE`` or ``~/.cache/forgetting``; used for anything the package builds
   when ``data/`` does not have it (for example the embedded model after its recipe changed).
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
-DATA_DIR = REPO_ROOT / "data"
+DATA_DIR = Path(os.environ.get("FORGETTING_DATA", REPO_ROOT / "data"))
 SPECS_DIR = DATA_DIR / "specs"
 
 

@@ -107,7 +107,7 @@ def test_repository_url_lives_in_config_and_drives_colab():
     assert url == "https://github.com/forgetting-companion/forgetting"
     assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert config["execute"]["execute_notebooks"] == "off"
-    assert colab.install_target() == f"git+{url}@{config['repository']['branch']}"
+    assert f'"--branch", "{config["repository"]["branch"]}", "{url}"' in colab.setup_cell_source()
     assert url in colab.setup_cell_source()
     assert colab.colab_url("chapters/00_introduction") == (
         "https://colab.research.google.com/github/forgetting-companion/forgetting/blob/main/chapters/00_introduction.ipynb"
