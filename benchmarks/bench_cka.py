@@ -1,0 +1,275 @@
+"""Benchmark: CKA over all layers of two snapshots, forgetting.mechanisms.drift vs torch-cka 0.21.
+
+Models. Two copies of a tiny Llama-style model (4 layers, hidden 128, 8 heads, 4 kv heads, vocab 300,
+eager attention); the second one perturbed (every weight + ``--noise`` x its std x N(0, 1), standing in
+for a fine-tuned snapshot). Inputs: random tokens, ``--batches`` batches of ``--batch-size`` x ``--seq``.
+Layers: the 5 residual-stream states of ``output_hidden_states=True`` (embedding output, outputs of
+decoder layers 0-2, final-norm output) = what torch-cka's hooks on ``model.embed_tokens``,
+``model.layers.0-2`` and ``model.norm`` see (checked at start).
+
+Estimator on both sides: debiased (unbiased-HSIC) minibatch CKA of Nguyen et al. 2021 over all 5 x 5
+layer pairs, which is what ``torch_cka.CKA.compare`` computes; ours is
+:class:`~forgetting.mechanisms.drift.MinibatchCKA` ``(pairs="all")``. Scenarios (features):
+
+- ``flat-seq/b16``: each sequence flattened to (seq*d) = 4096 features, minibatches of 16 sequences:
+  torch-cka's own design point (its hooks flatten module outputs per example).
+- ``last-token/n256``: the last token's state (d = 128) of all 256 sequences, one batch (the book's
+  default readout; n = 256 examples).
+- ``tokens/n512``, ``tokens/n2048``: every token of the first 16 or 64 sequences (d = 128), one batch.
+  torch-cka's cost grows as n^3 per layer pair (it forms K @ L for tr(K L)); ours as n^2 per pair
+  (inner product of U-centred Gram matrices) plus n^2 p per layer for the Gram matrices.
+
+Timings, median of ``--repeats`` (the sides alternate so that machine load hits both alike):
+"CKA only" feeds the same precomputed features to both (torch-cka through stand-in modules that replay
+the cached tensors into its hooks, so its ``compare`` runs no model); "end to end" (``flat-seq/b16``
+only) includes both models' forward passes (torch-cka's ``compare`` with hooks on the real models vs our
+loop). Also timed: :func:`~forgetting.mechanisms.drift.cka_by_layer` (full batch, same-layer pairs only)
+for each readout on all 256 sequences.
+
+Run: ``.venv/bin/python benchmarks/bench_cka.py --out benchmarks/results/cka.json``
+(needs ``pip install -c requirements/torch.txt -c requirements/lock.txt -r requirements/bench.txt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from forgetting.mechanisms.drift import MinibatchCKA, cka_by_layer
+
+LAYERS = ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.layers.2", "model.norm"]
+
+Features = list[list[torch.Tensor]]  # batch -> layer -> (n, p)
+
+
+def build_models(seed: int, noise: float):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    a = LlamaForCausalLM(cfg).eval()
+    b = copy.deepcopy(a)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(noise * p.std() * torch.randn(p.shape, generator=g))
+    return a, b
+
+
+# ---------------------------------------------------------------------------------------------------
+# the two sides
+# ---------------------------------------------------------------------------------------------------
+
+
+def ours_cached(feats_a: Features, feats_b: Features) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    acc = MinibatchCKA(pairs="all", debiased=True)
+    for fa, fb in zip(feats_a, feats_b):
+        acc.update(fa, fb)
+    out = acc.compute()
+    return out, time.perf_counter() - t0
+
+
+def ours_end_to_end(model_a, model_b, batches: list[torch.Tensor]) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    acc = MinibatchCKA(pairs="all", debiased=True)
+    with torch.no_grad():
+        for x in batches:
+            ha = model_a(input_ids=x, output_hidden_states=True).hidden_states
+            hb = model_b(input_ids=x, output_hidden_states=True).hidden_states
+            acc.update([h.flatten(1) for h in ha], [h.flatten(1) for h in hb])
+    out = acc.compute()
+    return out, time.perf_counter() - t0
+
+
+def _torch_cka_compare(m1, m2, loader, layers: list[str]) -> tuple[np.ndarray, float]:
+    from torch_cka import CKA
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cka = CKA(m1, m2, model1_name="a", model2_name="b", model1_layers=layers, model2_layers=layers, device="cpu")
+        t0 = time.perf_counter()
+        with torch.no_grad():  # torch-cka itself runs the forward passes with autograd on
+            cka.compare(loader)
+        seconds = time.perf_counter() - t0
+    assert cka.model1_info["Layers"] == layers, cka.model1_info["Layers"]
+    return cka.export()["CKA"].double().numpy(), seconds
+
+
+class Replay(nn.Module):
+    """Replays cached features through identity submodules so torch-cka's hooks see exactly the
+    given tensors without running a model (CKA-only timing). Called with a batch index."""
+
+    def __init__(self, feats: Features):
+        super().__init__()
+        self.feats = feats
+        self.layers = nn.ModuleList(nn.Identity() for _ in feats[0])
+
+    def forward(self, idx: torch.Tensor) -> None:
+        for layer, f in zip(self.layers, self.feats[int(idx[0])]):
+            layer(f)
+
+
+def torch_cka_cached(feats_a: Features, feats_b: Features) -> tuple[np.ndarray, float]:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.arange(len(feats_a))), batch_size=1, shuffle=False)
+    names = [f"layers.{i}" for i in range(len(feats_a[0]))]
+    return _torch_cka_compare(Replay(feats_a), Replay(feats_b), loader, names)
+
+
+def torch_cka_end_to_end(model_a, model_b, batches: list[torch.Tensor]) -> tuple[np.ndarray, float]:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    ma, mb = copy.deepcopy(model_a), copy.deepcopy(model_b)  # torch-cka leaves hooks on the models
+    loader = DataLoader(TensorDataset(torch.cat(batches)), batch_size=batches[0].shape[0], shuffle=False)
+    return _torch_cka_compare(ma, mb, loader, LAYERS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# measurement
+# ---------------------------------------------------------------------------------------------------
+
+
+def compare_values(ours: np.ndarray, theirs: np.ndarray) -> dict:
+    both = np.isfinite(ours) & np.isfinite(theirs)
+    diag = np.diag(both)
+    return {
+        "max_abs_diff_all_pairs": float(np.max(np.abs(ours - theirs)[both])),
+        "max_abs_diff_same_layer": float(np.max(np.abs(np.diag(ours) - np.diag(theirs))[diag])),
+        "pairs_compared": int(both.sum()),
+        "same_layer_ours": np.round(np.diag(ours), 6).tolist(),
+        "same_layer_torch_cka": np.round(np.diag(theirs), 6).tolist(),
+    }
+
+
+def timed_pair(fn_ours, fn_theirs, repeats: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    ours_runs, theirs_runs = [], []
+    for _ in range(repeats):
+        ours_runs.append(fn_ours())
+        theirs_runs.append(fn_theirs())
+    t_o = statistics.median(r[1] for r in ours_runs)
+    t_t = statistics.median(r[1] for r in theirs_runs)
+    timing = {
+        "seconds_ours": t_o,
+        "seconds_torch_cka": t_t,
+        "speedup_ours": t_t / t_o,
+        "all_seconds_ours": [round(r[1], 5) for r in ours_runs],
+        "all_seconds_torch_cka": [round(r[1], 5) for r in theirs_runs],
+    }
+    return timing, ours_runs[0][0], theirs_runs[0][0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batches", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=32)
+    ap.add_argument("--noise", type=float, default=0.5)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="also write the measurements as JSON")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model_a, model_b = build_models(args.seed, args.noise)
+    g = torch.Generator().manual_seed(args.seed + 2)
+    batches = [torch.randint(0, 300, (args.batch_size, args.seq), generator=g) for _ in range(args.batches)]
+
+    # hidden_states[l] is exactly what torch-cka's hook on LAYERS[l] sees
+    seen: dict[str, torch.Tensor] = {}
+    modules = dict(model_a.named_modules())
+    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in LAYERS]
+    with torch.no_grad():
+        hs = model_a(input_ids=batches[0], output_hidden_states=True).hidden_states
+    for h in hooks:
+        h.remove()
+    assert all(torch.equal(hs[i], seen[n]) for i, n in enumerate(LAYERS))
+
+    with torch.no_grad():
+        data = torch.cat(batches)
+        ha = model_a(input_ids=data, output_hidden_states=True).hidden_states  # L+1 x (N, seq, d)
+        hb = model_b(input_ids=data, output_hidden_states=True).hidden_states
+    bs = args.batch_size
+    scenarios: dict[str, tuple[Features, Features]] = {
+        f"flat-seq/b{bs}": (
+            [[h[s : s + bs].flatten(1) for h in ha] for s in range(0, len(data), bs)],
+            [[h[s : s + bs].flatten(1) for h in hb] for s in range(0, len(data), bs)],
+        ),
+        f"last-token/n{len(data)}": ([[h[:, -1] for h in ha]], [[h[:, -1] for h in hb]]),
+    }
+    for n_seq in (16, 64):  # every token of the first n_seq sequences, one batch
+        scenarios[f"tokens/n{n_seq * args.seq}"] = (
+            [[h[:n_seq].reshape(-1, h.shape[-1]) for h in ha]],
+            [[h[:n_seq].reshape(-1, h.shape[-1]) for h in hb]],
+        )
+
+    results: dict[str, dict] = {}
+    for name, (fa, fb) in scenarios.items():
+        timing, ours, theirs = timed_pair(
+            lambda fa=fa, fb=fb: ours_cached(fa, fb), lambda fa=fa, fb=fb: torch_cka_cached(fa, fb), args.repeats
+        )
+        results[name] = {
+            "n_per_batch": int(fa[0][0].shape[0]),
+            "features": int(fa[0][0].shape[1]),
+            "batches": len(fa),
+            "cka_only": timing,
+        } | compare_values(ours, theirs)
+        print(name, json.dumps(results[name]), flush=True)
+
+    first = next(iter(scenarios))
+    timing, ours, theirs = timed_pair(
+        lambda: ours_end_to_end(model_a, model_b, batches),
+        lambda: torch_cka_end_to_end(model_a, model_b, batches),
+        args.repeats,
+    )
+    results[first]["end_to_end"] = timing
+    results[first]["end_to_end_values"] = compare_values(ours, theirs)
+
+    full = {}
+    for readout in ("last", "mean", "tokens"):
+        ts = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            df = cka_by_layer(ha, hb, None, readout=readout, debiased=True)
+            ts.append(time.perf_counter() - t0)
+        full[readout] = {"seconds": statistics.median(ts), "n": int(df["n"][0]), "cka": df["cka"].round(4).tolist()}
+
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
+        f"load average at end {os.getloadavg()[0]:.1f}",
+        "torch": torch.__version__,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "scenarios": results,
+        "cka_by_layer_full_batch_debiased": full,
+    }
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,595 @@
+"""Representational drift: linear centered kernel alignment (CKA) between two sets of representations.
+
+Notation. X is (n, p1), Y is (n, p2): row i of both describes the same example i. Linear kernels
+K = X X^T and L = Y Y^T are (n, n); H = I - 11^T / n is the centering matrix; Xc = H X, Yc = H Y.
+
+Biased (Kornblith et al. 2019)::
+
+    HSIC_0(K, L) = tr(K H L H) / (n - 1)^2 = ||Yc^T Xc||_F^2 / (n - 1)^2
+    CKA(X, Y)    = HSIC_0(K, L) / sqrt(HSIC_0(K, K) HSIC_0(L, L))
+                 = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)
+
+Debiased (unbiased HSIC of Song et al. 2012, used for CKA by Nguyen, Raghu & Kornblith 2021). With
+K~ = K with its diagonal set to zero (same for L~), and 1 the all-ones vector::
+
+    HSIC_1(K, L) = [ tr(K~ L~) + (1^T K~ 1)(1^T L~ 1) / ((n - 1)(n - 2)) - 2/(n - 2) 1^T K~ L~ 1 ] / (n (n - 3))
+
+defined for n >= 4. Equivalently HSIC_1(K, L) = <U(K), U(L)>_F / (n (n - 3)) with the U-centred
+Gram matrix U(K)_ij = K~_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2)) off the diagonal and 0 on it,
+where r = K~ 1 and s = 1^T K~ 1 (Szekely & Rizzo 2014); :class:`MinibatchCKA` uses this form.
+
+Minibatch CKA (Nguyen et al. 2021) over batches b = 1..B of the same examples::
+
+    CKA_mb = mean_b HSIC_1(K_b, L_b) / sqrt( mean_b HSIC_1(K_b, K_b) * mean_b HSIC_1(L_b, L_b) )
+
+Cost. Every HSIC term above needs only tr(K L), tr(K~ L~), K~ 1 and L~ 1, and these can be computed
+either from the (p1, p2) feature products (X^T Y costs n p1 p2) or from the (n, n) Gram matrices
+(costs n^2 (p1 + p2)). :func:`linear_cka` and :func:`cka_by_layer` pick the cheaper form; all
+arithmetic is float64.
+
+Constant representations. If X (or Y) is the same for every example (zero variance after centring;
+SCIENCE.md: at the last prompt token the embedding layer is constant because every prompt ends with the
+same token), both forms are 0/0 and CKA is undefined. It is never returned silently as NaN:
+``on_constant="nan"`` (default) returns ``nan`` *and* emits a :class:`RuntimeWarning` naming the constant
+input; ``on_constant="raise"`` raises :class:`ConstantRepresentationError` (a ``ValueError``).
+:func:`cka_by_layer` records the reason in its ``note`` column instead of warning once per layer.
+The debiased self-HSIC of a non-constant input can still be <= 0 for very small n (it is an unbiased
+estimate, not a squared norm); that case is handled the same way.
+
+Readouts of a causal LM's hidden states (batch, seq, d) with an attention mask (batch, seq):
+``"last"``: the last non-padding token of each sequence (n = batch); ``"mean"``: the mean over
+non-padding tokens (n = batch); ``"tokens"``: every non-padding token is one example (n = number of
+tokens; dominated by prompt tokens, SCIENCE.md). State which one you report.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Literal, Union
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = [
+    "ConstantRepresentationError",
+    "MinibatchCKA",
+    "READOUTS",
+    "cka_by_layer",
+    "hsic_terms",
+    "last_token_features",
+    "linear_cka",
+    "masked_token_features",
+    "mean_token_features",
+    "readout_features",
+    "u_centered_gram",
+]
+
+READOUTS = ("last", "mean", "tokens")
+OnConstant = Literal["nan", "raise"]
+ArrayLike = Union[np.ndarray, torch.Tensor]
+_ON_CONSTANT = ("nan", "raise")
+MIN_N_DEBIASED = 4
+# A representation counts as constant when ||Xc||_F <= _CONST_RTOL * ||X||_F (or X is all zeros).
+# Rows that are bitwise identical give ||Xc|| ~ 1e-16 ||X|| from float64 rounding of the mean.
+_CONST_RTOL = 1e-10
+
+
+class ConstantRepresentationError(ValueError):
+    """CKA is undefined because a representation does not vary across examples (or, debiased, because
+    its self-HSIC estimate is not positive)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# conversion and validation
+# ---------------------------------------------------------------------------------------------------
+
+
+def _as_float64(a, name: str) -> torch.Tensor:
+    """numpy array / torch tensor / nested list -> float64 CPU-or-same-device torch tensor."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    elif isinstance(a, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(a, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(a).__name__}") from exc
+    if t.is_complex():
+        raise TypeError(f"{name}: complex values are not supported")
+    return t.to(torch.float64)
+
+
+def _check_on_constant(on_constant: str) -> None:
+    if on_constant not in _ON_CONSTANT:
+        raise ValueError(f"on_constant: expected one of {_ON_CONSTANT}, got {on_constant!r}")
+
+
+def _check_n(n: int, debiased: bool, name: str = "X") -> None:
+    if debiased and n < MIN_N_DEBIASED:
+        raise ValueError(
+            f"{name}: debiased CKA needs n >= {MIN_N_DEBIASED} examples (rows); got n = {n}"
+        )
+    if n < 2:
+        raise ValueError(f"{name}: CKA needs n >= 2 examples (rows); got n = {n}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# batched HSIC core: X (L, n, p1), Y (L, n, p2) -> per-layer HSIC(K, L), HSIC(K, K), HSIC(L, L)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _center(X: torch.Tensor) -> torch.Tensor:
+    """Column-centre over the example axis: (..., n, p) -> (..., n, p)."""
+    return X - X.mean(dim=-2, keepdim=True)
+
+
+def _gram_is_cheaper(n: int, p1: int, p2: int) -> bool:
+    """Feature form costs ~ n (p1 p2 + p1^2 + p2^2) flops, Gram form ~ n^2 (p1 + p2) + O(n^2)."""
+    return n * n * (p1 + p2) + 8 * n * n < n * (p1 * p2 + p1 * p1 + p2 * p2)
+
+
+def _sq_frob_cross(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """||A^T B||_F^2 batched: A (L, n, p1), B (L, n, p2) -> (L,)."""
+    return torch.linalg.matrix_norm(A.transpose(-1, -2) @ B).square()
+
+
+def hsic_terms(
+    X: torch.Tensor, Y: torch.Tensor, *, debiased: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HSIC(K, L), HSIC(K, K), HSIC(L, L) for each leading index of a batch of layers.
+
+    Args:
+        X: (L, n, p1) float64 (any values; centred here). Y: (L, n, p2) float64.
+        debiased: ``False`` for HSIC_0 up to the common factor 1/(n-1)^2 (it cancels in CKA), i.e.
+            ``||Yc^T Xc||_F^2``; ``True`` for HSIC_1 (module docstring), exactly.
+
+    Returns:
+        three (L,) float64 tensors. Uses the (p x p) feature form or the (n x n) Gram form, whichever
+        costs fewer flops; both give the same numbers up to rounding.
+    """
+    n, p1, p2 = X.shape[-2], X.shape[-1], Y.shape[-1]
+    # Centring changes neither HSIC_0 (H K H) nor HSIC_1 (invariant to adding a constant to the features),
+    # and it keeps the cancellations in HSIC_1 benign.
+    Xc, Yc = _center(X), _center(Y)
+    if _gram_is_cheaper(n, p1, p2):
+        K = Xc @ Xc.transpose(-1, -2)
+        Lm = Yc @ Yc.transpose(-1, -2)
+        if not debiased:
+            # K, L are already doubly centred (Xc has zero column means): tr(KHLH) = <K, L>_F
+            return (K * Lm).sum((-1, -2)), (K * K).sum((-1, -2)), (Lm * Lm).sum((-1, -2))
+        Ku, Lu = u_centered_gram(K, inplace=True), u_centered_gram(Lm, inplace=True)
+        c = n * (n - 3)
+        return (Ku * Lu).sum((-1, -2)) / c, (Ku * Ku).sum((-1, -2)) / c, (Lu * Lu).sum((-1, -2)) / c
+    if not debiased:
+        return _sq_frob_cross(Xc, Yc), _sq_frob_cross(Xc, Xc), _sq_frob_cross(Yc, Yc)
+    dx = Xc.square().sum(-1)  # (L, n) diag K
+    dy = Yc.square().sum(-1)
+    rx = Xc @ Xc.sum(-2).unsqueeze(-1)  # (L, n, 1) = K 1 (zero up to rounding after centring)
+    ry = Yc @ Yc.sum(-2).unsqueeze(-1)
+    rx = rx.squeeze(-1) - dx  # K~ 1
+    ry = ry.squeeze(-1) - dy
+    sx, sy = rx.sum(-1), ry.sum(-1)  # 1^T K~ 1
+
+    def h1(tr_kl: torch.Tensor, da, db, ra, rb, sa, sb) -> torch.Tensor:
+        tr_t = tr_kl - (da * db).sum(-1)  # tr(K~ L~) = tr(KL) - sum_i K_ii L_ii
+        return (tr_t + sa * sb / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (ra * rb).sum(-1)) / (n * (n - 3))
+
+    return (
+        h1(_sq_frob_cross(Xc, Yc), dx, dy, rx, ry, sx, sy),
+        h1(_sq_frob_cross(Xc, Xc), dx, dx, rx, rx, sx, sx),
+        h1(_sq_frob_cross(Yc, Yc), dy, dy, ry, ry, sy, sy),
+    )
+
+
+def u_centered_gram(K: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """U-centre Gram matrices (..., n, n) (Szekely & Rizzo 2014), n >= 4.
+
+    U(K)_ij = K~_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2)) for i != j, U(K)_ii = 0, where K~ is K with
+    zero diagonal, r = K~ 1, s = 1^T K~ 1. Then HSIC_1(K, L) = <U(K), U(L)>_F / (n (n - 3)).
+    ``inplace=True`` overwrites K (no n x n temporaries).
+    """
+    n = K.shape[-1]
+    U = K if inplace else K.clone()
+    U.diagonal(dim1=-2, dim2=-1).zero_()
+    r = U.sum(-1)
+    s = r.sum(-1)
+    U.sub_(r.unsqueeze(-1), alpha=1.0 / (n - 2))
+    U.sub_(r.unsqueeze(-2), alpha=1.0 / (n - 2))
+    U.add_((s / ((n - 1) * (n - 2)))[..., None, None])
+    U.diagonal(dim1=-2, dim2=-1).zero_()
+    return U
+
+
+def _is_constant(X: torch.Tensor) -> torch.Tensor:
+    """(L, n, p) -> (L,) bool: zero variance across examples after centring (relative to ||X||_F)."""
+    norm = torch.linalg.vector_norm(X, dim=(-1, -2))
+    cnorm = torch.linalg.vector_norm(_center(X), dim=(-1, -2))
+    return cnorm <= _CONST_RTOL * norm
+
+
+def _cka_from_terms(
+    hxy: torch.Tensor, hxx: torch.Tensor, hyy: torch.Tensor, const_x: torch.Tensor, const_y: torch.Tensor
+) -> tuple[np.ndarray, list[str]]:
+    """Ratio hxy / sqrt(hxx hyy) with the undefined cases set to NaN and explained in ``notes``."""
+    hxy, hxx, hyy = (t.cpu().numpy() for t in (hxy, hxx, hyy))
+    cx, cy = const_x.cpu().numpy(), const_y.cpu().numpy()
+    out = np.full(hxy.shape, np.nan)
+    notes: list[str] = []
+    for i in range(hxy.shape[0]):
+        if cx[i] and cy[i]:
+            notes.append("both inputs are constant across examples")
+        elif cx[i]:
+            notes.append("X is constant across examples")
+        elif cy[i]:
+            notes.append("Y is constant across examples")
+        elif hxx[i] <= 0 or hyy[i] <= 0:
+            which = "X" if hxx[i] <= 0 else "Y"
+            notes.append(f"the debiased self-HSIC of {which} is not positive (too few examples?)")
+        else:
+            out[i] = hxy[i] / np.sqrt(hxx[i] * hyy[i])
+            notes.append("")
+    return out, notes
+
+
+# ---------------------------------------------------------------------------------------------------
+# public: one pair
+# ---------------------------------------------------------------------------------------------------
+
+
+def linear_cka(X: ArrayLike, Y: ArrayLike, debiased: bool = False, *, on_constant: OnConstant = "nan") -> float:
+    """Linear CKA between X (n, p1) and Y (n, p2) (numpy arrays or torch tensors), in float64.
+
+    Biased: CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred Xc, Yc
+    (Kornblith et al. 2019); in [0, 1], invariant to orthogonal transforms, isotropic scaling and shifts
+    of either input. Debiased: HSIC_1 (Song et al. 2012) in place of HSIC_0 (module docstring);
+    needs n >= 4, can be slightly negative for unrelated inputs.
+
+    Args:
+        X: (n, p1) representations, rows are examples. Y: (n, p2), the same examples in the same order.
+        debiased: use the unbiased HSIC estimator.
+        on_constant: what to do when CKA is undefined because X or Y does not vary across examples:
+            ``"nan"`` returns ``float("nan")`` and warns (:class:`RuntimeWarning` naming the input),
+            ``"raise"`` raises :class:`ConstantRepresentationError`.
+
+    Returns:
+        CKA as a Python float.
+
+    Raises:
+        ValueError: wrong shapes, n mismatch, n < 4 with ``debiased=True`` (n < 2 otherwise), or
+            non-finite values.
+    """
+    _check_on_constant(on_constant)
+    Xt, Yt = _as_float64(X, "X"), _as_float64(Y, "Y")
+    if Xt.ndim != 2:
+        raise ValueError(f"X: expected a 2-D array (n, p1), got shape {tuple(Xt.shape)}")
+    if Yt.ndim != 2:
+        raise ValueError(f"Y: expected a 2-D array (n, p2), got shape {tuple(Yt.shape)}")
+    if Xt.shape[0] != Yt.shape[0]:
+        raise ValueError(
+            f"X, Y: need the same number of examples (rows); got X n = {Xt.shape[0]}, Y n = {Yt.shape[0]}"
+        )
+    _check_n(Xt.shape[0], debiased)
+    if Xt.shape[1] == 0 or Yt.shape[1] == 0:
+        raise ValueError(f"X, Y: need at least one feature; got shapes {tuple(Xt.shape)}, {tuple(Yt.shape)}")
+    for name, t in (("X", Xt), ("Y", Yt)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name}: contains NaN or infinite values")
+    Xb, Yb = Xt.unsqueeze(0), Yt.unsqueeze(0)
+    hxy, hxx, hyy = hsic_terms(Xb, Yb, debiased=debiased)
+    vals, notes = _cka_from_terms(hxy, hxx, hyy, _is_constant(Xb), _is_constant(Yb))
+    if notes[0]:
+        msg = f"linear_cka is undefined: {notes[0]}"
+        if on_constant == "raise":
+            raise ConstantRepresentationError(msg)
+        warnings.warn(msg + "; returning nan", RuntimeWarning, stacklevel=2)
+    return float(vals[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# public: minibatch accumulation over many layer pairs
+# ---------------------------------------------------------------------------------------------------
+
+
+class MinibatchCKA:
+    """Accumulate minibatch CKA (Nguyen, Raghu & Kornblith 2021) for many layer pairs at once.
+
+    For batches b of the same n_b examples seen by both sides::
+
+        CKA[i, j] = mean_b HSIC(K_b^i, L_b^j) / sqrt( mean_b HSIC(K_b^i, K_b^i) * mean_b HSIC(L_b^j, L_b^j) )
+
+    where K_b^i = X_b^i X_b^i^T is the linear Gram matrix of x-layer i on batch b (n_b >= 4), and HSIC is
+    HSIC_1 (``debiased=True``, the estimator of the paper: the mean over batches is then an unbiased
+    estimate of the population HSIC, so the result does not depend on the batch size in expectation) or
+    HSIC_0 (``debiased=False``; biased per batch). With a single batch it equals :func:`linear_cka`.
+
+    Args:
+        pairs: ``"diagonal"`` compares x-layer i with y-layer i (needs as many layers on both sides);
+            ``"all"`` compares every x-layer with every y-layer.
+        debiased: HSIC_1 (default, as in the paper) or HSIC_0.
+
+    Use::
+
+        acc = MinibatchCKA()
+        for batch in loader:
+            acc.update([h_a0, h_a1, ...], [h_b0, h_b1, ...])   # each (n_b, p) or (n_b, ...) flattened
+        acc.compute()   # (n_layers,) for "diagonal", (n_x, n_y) for "all"
+    """
+
+    def __init__(self, pairs: Literal["diagonal", "all"] = "diagonal", debiased: bool = True):
+        if pairs not in ("diagonal", "all"):
+            raise ValueError(f"pairs: expected 'diagonal' or 'all', got {pairs!r}")
+        self.pairs = pairs
+        self.debiased = bool(debiased)
+        self.n_batches = 0
+        self.n_examples = 0
+        self._hxy: torch.Tensor | None = None
+        self._hxx: torch.Tensor | None = None
+        self._hyy: torch.Tensor | None = None
+        self._varies_x: torch.Tensor | None = None
+        self._varies_y: torch.Tensor | None = None
+
+    @staticmethod
+    def _grams(feats, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layers' features on one batch -> (L, n, n) float64 Gram matrices of the centred, flattened
+        features, and (L,) bool "constant on this batch" (whose Gram is set exactly to zero).
+
+        ``feats``: a sequence of L arrays/tensors (n, ...) or one (L, n, p) tensor. Centring is done on
+        the features in float64 (no cancellation), and constancy is read off the Gram matrix:
+        ||Xc||_F^2 = tr(Xc Xc^T) and ||X||_F^2 = ||Xc||_F^2 + n ||mean||^2 (no extra pass over X).
+        """
+        if isinstance(feats, torch.Tensor) and feats.ndim == 3:
+            F = feats.detach().to(torch.float64)
+            flat, own = None, False
+        else:
+            if len(feats) == 0:
+                raise ValueError(f"{side}: need at least one layer")
+            mats = [
+                f.detach() if isinstance(f, torch.Tensor) else _as_float64(f, f"{side}[{i}]")
+                for i, f in enumerate(feats)
+            ]
+            n = mats[0].shape[0]
+            for i, m in enumerate(mats):
+                if m.ndim < 2 or m.shape[0] != n:
+                    raise ValueError(f"{side}[{i}]: expected (n, ...) with n = {n}, got shape {tuple(m.shape)}")
+            flat = [m.reshape(n, -1) for m in mats]
+            if all(f.shape[1] == flat[0].shape[1] for f in flat):
+                # one pass per layer: read the input dtype, write float64
+                F = torch.empty((len(flat), n, flat[0].shape[1]), dtype=torch.float64, device=flat[0].device)
+                for i, f in enumerate(flat):
+                    F[i].copy_(f)
+                flat, own = None, True
+        if flat is None:
+            mu = F.mean(-2, keepdim=True)
+            Fc = F.sub_(mu) if own else F - mu  # in place only on our own copy
+            G = Fc @ Fc.transpose(-1, -2)
+            mu_sq = mu.square().sum((-1, -2))
+        else:  # layers of different widths: one Gram each
+            Gs, mus = [], []
+            for f in flat:
+                f = f.to(torch.float64)
+                mu = f.mean(0, keepdim=True)
+                fc = f - mu
+                Gs.append(fc @ fc.T)
+                mus.append(mu.square().sum())
+            G, mu_sq = torch.stack(Gs), torch.stack(mus)
+        n = G.shape[-1]
+        dg = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)  # ||Xc||_F^2 per layer
+        bad = ~(torch.isfinite(dg) & torch.isfinite(mu_sq))  # inf/nan in X reach diag(G) or the mean
+        if bad.any():
+            raise ValueError(f"{side}[{int(bad.nonzero()[0])}]: contains NaN or infinite values")
+        const = dg <= _CONST_RTOL**2 * (dg + n * mu_sq)
+        if bool(const.any()):
+            G[const] = 0.0
+        return G, const
+
+    def update(self, xs: Sequence[ArrayLike] | torch.Tensor, ys: Sequence[ArrayLike] | torch.Tensor) -> None:
+        """Add one batch: xs[i] is x-layer i on the batch (n_b, ...), ys[j] y-layer j (n_b, ...).
+
+        ``xs``/``ys`` may also be one (L, n_b, p) tensor each (e.g. stacked hidden states).
+        """
+        K, const_x = self._grams(xs, "xs")
+        Lm, const_y = self._grams(ys, "ys")
+        n = K.shape[-1]
+        if Lm.shape[-1] != n:
+            raise ValueError(f"xs, ys: batch sizes differ ({n} vs {Lm.shape[-1]})")
+        _check_n(n, self.debiased, "xs")
+        if self.pairs == "diagonal" and K.shape[0] != Lm.shape[0]:
+            raise ValueError(
+                f"xs, ys: pairs='diagonal' needs as many layers on both sides, got {K.shape[0]} and {Lm.shape[0]}"
+            )
+        if self._hxx is not None and (K.shape[0] != self._hxx.shape[0] or Lm.shape[0] != self._hyy.shape[0]):
+            raise ValueError("xs, ys: the number of layers changed between batches")
+        if self.debiased:
+            K, Lm, c = u_centered_gram(K, inplace=True), u_centered_gram(Lm, inplace=True), n * (n - 3)
+        else:
+            c = (n - 1) ** 2  # K, L are already centred (features were centred); HSIC_0 = <K, L>/(n-1)^2
+        Kf, Lf = K.reshape(K.shape[0], -1), Lm.reshape(Lm.shape[0], -1)
+        hxx = torch.linalg.vector_norm(Kf, dim=-1).square() / c
+        hyy = torch.linalg.vector_norm(Lf, dim=-1).square() / c
+        if self.pairs == "diagonal":
+            hxy = torch.bmm(Kf.unsqueeze(1), Lf.unsqueeze(2)).reshape(-1) / c
+        else:
+            hxy = (Kf @ Lf.T) / c
+        if self._hxy is None:
+            self._hxy, self._hxx, self._hyy = hxy, hxx, hyy
+            self._varies_x, self._varies_y = ~const_x, ~const_y
+        else:
+            self._varies_x |= ~const_x
+            self._varies_y |= ~const_y
+            self._hxy += hxy
+            self._hxx += hxx
+            self._hyy += hyy
+        self.n_batches += 1
+        self.n_examples += n
+
+    def compute(self) -> np.ndarray:
+        """CKA per pair: (n_layers,) for ``"diagonal"``, (n_x, n_y) for ``"all"``; NaN where undefined
+        (a side whose mean self-HSIC is not positive, e.g. a constant layer)."""
+        if self._hxy is None:
+            raise RuntimeError("MinibatchCKA.compute: no batch was added (call update first)")
+        hxx = self._hxx.cpu().numpy()
+        hyy = self._hyy.cpu().numpy()
+        hxy = self._hxy.cpu().numpy()
+        # a layer that was constant on every batch has exactly zero self-HSIC (its Grams were zeroed)
+        hxx = np.where(self._varies_x.cpu().numpy(), hxx, 0.0)
+        hyy = np.where(self._varies_y.cpu().numpy(), hyy, 0.0)
+        if self.pairs == "diagonal":
+            denom = hxx * hyy
+        else:
+            denom = hxx[:, None] * hyy[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(denom > 0, hxy / np.sqrt(np.where(denom > 0, denom, 1.0)), np.nan)
+        return out
+
+    def reset(self) -> None:
+        self.__init__(self.pairs, self.debiased)
+
+
+# ---------------------------------------------------------------------------------------------------
+# public: readouts of (batch, seq, d) hidden states
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_hidden_mask(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    if hidden.ndim < 3:
+        raise ValueError(f"hidden: expected (..., batch, seq, d), got shape {tuple(hidden.shape)}")
+    B, S = hidden.shape[-3], hidden.shape[-2]
+    if attention_mask is None:
+        return torch.ones(B, S, dtype=torch.bool, device=hidden.device)
+    mask = torch.as_tensor(attention_mask, device=hidden.device)
+    if tuple(mask.shape) != (B, S):
+        raise ValueError(f"attention_mask: expected shape (batch, seq) = {(B, S)}, got {tuple(mask.shape)}")
+    mask = mask.bool()
+    empty = (~mask.any(-1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"attention_mask: rows {empty[:5]} have no non-padding token")
+    return mask
+
+
+def masked_token_features(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Every non-padding token as one example: (..., batch, seq, d) -> (..., n_tokens, d).
+
+    Tokens are taken in row-major (batch, then position) order; leading dims (e.g. layers) are kept.
+    """
+    hidden = torch.as_tensor(hidden)
+    mask = _check_hidden_mask(hidden, attention_mask)
+    return hidden[..., mask, :]
+
+
+def last_token_features(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The last non-padding token of each sequence: (..., batch, seq, d) -> (..., batch, d).
+
+    Works for right and left padding: position = the largest index with mask 1 in the row.
+    """
+    hidden = torch.as_tensor(hidden)
+    mask = _check_hidden_mask(hidden, attention_mask)
+    S = mask.shape[-1]
+    pos = torch.arange(S, device=mask.device).expand_as(mask)
+    last = torch.where(mask, pos, -1).amax(-1)  # (batch,)
+    return hidden[..., torch.arange(mask.shape[0], device=mask.device), last, :]
+
+
+def mean_token_features(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over non-padding tokens of each sequence: (..., batch, seq, d) -> (..., batch, d)."""
+    hidden = torch.as_tensor(hidden)
+    mask = _check_hidden_mask(hidden, attention_mask)
+    w = mask.to(hidden.dtype)
+    return (hidden * w[..., None]).sum(-2) / w.sum(-1, keepdim=True)
+
+
+def readout_features(
+    hidden: torch.Tensor, attention_mask: torch.Tensor | None = None, readout: str = "last"
+) -> torch.Tensor:
+    """Dispatch to the readout named ``readout`` (one of :data:`READOUTS`)."""
+    if readout == "last":
+        return last_token_features(hidden, attention_mask)
+    if readout == "mean":
+        return mean_token_features(hidden, attention_mask)
+    if readout == "tokens":
+        return masked_token_features(hidden, attention_mask)
+    raise ValueError(f"readout: expected one of {READOUTS}, got {readout!r}")
+
+
+def _layers(hiddens, name: str) -> list[torch.Tensor]:
+    """A sequence of (batch, seq, d) tensors or one (layers, batch, seq, d) tensor -> list of layers."""
+    if isinstance(hiddens, torch.Tensor):
+        if hiddens.ndim != 4:
+            raise ValueError(f"{name}: expected (layers, batch, seq, d) or a sequence of (batch, seq, d)")
+        return list(hiddens.detach().unbind(0))
+    hs = [torch.as_tensor(h).detach() for h in hiddens]
+    if not hs:
+        raise ValueError(f"{name}: no layers given")
+    shapes = {tuple(h.shape) for h in hs}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise ValueError(f"{name}: every layer must be (batch, seq, d) with one shape; got {sorted(shapes)}")
+    return hs
+
+
+def _read_all(hs: list[torch.Tensor], mask, readout: str) -> torch.Tensor:
+    """Readout of every layer, then one float64 (L, n, d) tensor (the readout runs in the input dtype
+    except "mean", which averages in float64)."""
+    if readout == "mean":
+        return torch.stack([readout_features(h.to(torch.float64), mask, readout) for h in hs])
+    return torch.stack([readout_features(h, mask, readout) for h in hs]).to(torch.float64)
+
+
+def cka_by_layer(
+    hiddens_a: Sequence[torch.Tensor] | torch.Tensor,
+    hiddens_b: Sequence[torch.Tensor] | torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    debiased: bool = False,
+    readout: Literal["last", "mean", "tokens"] = "last",
+) -> pd.DataFrame:
+    """CKA between two models' (or snapshots') hidden states, layer by layer, in one batched pass.
+
+    Args:
+        hiddens_a, hiddens_b: sequences of L+1 tensors (batch, seq, d), e.g. ``out.hidden_states`` of a
+            Hugging Face model called with ``output_hidden_states=True`` on the same inputs (index 0 is
+            the embedding output, index l the output of decoder layer l; in transformers the last one
+            has the final norm applied). A (layers, batch, seq, d) tensor works too.
+        mask: attention mask (batch, seq), 1 for real tokens; ``None`` = no padding.
+        debiased: debiased CKA (needs n >= 4 examples after the readout).
+        readout: ``"last"``, ``"mean"`` or ``"tokens"`` (module docstring).
+
+    Returns:
+        long DataFrame, one row per layer: ``layer`` (int), ``cka`` (float, NaN where undefined),
+        ``readout``, ``n`` (number of examples after the readout), ``debiased`` (bool), ``note`` (why
+        CKA is undefined for that layer, e.g. "X is constant across examples"; "" otherwise; X is
+        ``hiddens_a``).
+
+    All layers go through one batched float64 computation (feature or Gram form, whichever is cheaper).
+    """
+    if readout not in READOUTS:
+        raise ValueError(f"readout: expected one of {READOUTS}, got {readout!r}")
+    A = _layers(hiddens_a, "hiddens_a")
+    B = _layers(hiddens_b, "hiddens_b")
+    if (len(A),) + tuple(A[0].shape[:2]) != (len(B),) + tuple(B[0].shape[:2]):
+        raise ValueError(
+            "hiddens_a, hiddens_b: need the same (layers, batch, seq); got "
+            f"{(len(A),) + tuple(A[0].shape[:2])} and {(len(B),) + tuple(B[0].shape[:2])}"
+        )
+    if mask is not None:
+        mask = torch.as_tensor(mask).to(A[0].device)
+    X = _read_all(A, mask, readout)  # (L, n, d) float64
+    Y = _read_all(B, mask, readout)
+    n = X.shape[-2]
+    _check_n(n, debiased, f"readout {readout!r} (n examples)")
+    for name, t in (("hiddens_a", X), ("hiddens_b", Y)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name}: contains NaN or infinite values")
+    hxy, hxx, hyy = hsic_terms(X, Y, debiased=debiased)
+    vals, notes = _cka_from_terms(hxy, hxx, hyy, _is_constant(X), _is_constant(Y))
+    return pd.DataFrame(
+        {
+            "layer": np.arange(X.shape[0], dtype=np.int64),
+            "cka": vals,
+            "readout": readout,
+            "n": n,
+            "debiased": bool(debiased),
+            "note": notes,
+        }
+    )
