@@ -51,9 +51,32 @@ def experiment_spec(profile: str = "quick", *, model: str | None = None, seed: i
     return parse_spec(data, source=f"profile {profile}")
 
 
+# The modules whose code determines a run's numbers: a change in any of them gives new run folders,
+# so a cached run is never reused with numbers the current code would not produce.
+RUN_CODE = ("train", "tasks", "evaluate.py", "experiments.py", "models/embedded.py")
+
+
+def code_fingerprint() -> str:
+    """Short sha256 (8 hex digits) of the source of the modules in ``RUN_CODE``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for entry in RUN_CODE:
+        target = paths.PACKAGE_DIR / entry
+        for file in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
+            digest.update(file.relative_to(paths.PACKAGE_DIR).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:8]
+
+
+def run_name(spec: ExperimentSpec) -> str:
+    """``<spec name>-<spec hash>-<code fingerprint>``: the folder name of a cached run."""
+    return f"{spec.name}-{spec.hash()}-{code_fingerprint()}"
+
+
 def result_dir(spec: ExperimentSpec) -> Path:
     """Where a spec's run lives: ``data/results/`` when published there, else the user cache."""
-    name = f"{spec.name}-{spec.hash()}"
+    name = run_name(spec)
     published = paths.DATA_DIR / "results" / name
     if (published / "state.json").is_file():
         return published
@@ -67,7 +90,7 @@ def run_cached(spec: ExperimentSpec, *, progress: bool = True, publish: bool = F
     """
     from forgetting.train.sequence import run_experiment
 
-    out = paths.DATA_DIR / "results" / f"{spec.name}-{spec.hash()}" if publish else result_dir(spec)
+    out = paths.DATA_DIR / "results" / run_name(spec) if publish else result_dir(spec)
     return run_experiment(spec, out, progress=progress)
 
 

@@ -95,3 +95,16 @@ def test_performance_matrix_reads_end_of_stage_rows():
     assert R.to_numpy().tolist() == [[0, 1], [10, 11], [20, 21]]
     with pytest.raises(ValueError, match="metric: 'acc' is not one of"):
         performance_matrix(pd.DataFrame(rows), "acc")
+
+
+def test_one_pass_over_all_tasks_equals_separate_passes():
+    from forgetting.evaluate import evaluate_tasks, prepare_task
+    from forgetting.models import load_model
+    from forgetting.tasks import make_task
+
+    model, tok = load_model("tiny")
+    tasks = [prepare_task(make_task(n, n_eval=12), tok) for n in ("recall_city", "sort", "add")]
+    together = evaluate_tasks(model, tasks, batch_size=16)
+    for task, scores in zip(tasks, together):
+        alone = evaluate_examples(model, task.eval, task.answer_ids, batch_size=5)
+        assert scores == pytest.approx(alone, rel=1e-5, abs=1e-6)

@@ -53,6 +53,25 @@ class EncodedExamples:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "labels": self.labels}
 
 
+def concat_examples(parts: Sequence[EncodedExamples]) -> EncodedExamples:
+    """Stack several encoded sets into one, right-padding to the widest (shapes (sum n_i, max L_i)).
+
+    Padding positions are masked (attention 0, label ``IGNORE_INDEX``), so the id they carry does not
+    matter; 0 is used.
+    """
+    width = max(p.input_ids.shape[1] for p in parts)
+
+    def pad(x: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+    return EncodedExamples(
+        torch.cat([pad(p.input_ids, 0) for p in parts]),
+        torch.cat([pad(p.attention_mask, 0) for p in parts]),
+        torch.cat([pad(p.labels, IGNORE_INDEX) for p in parts]),
+        torch.cat([pad(p.answer_mask, False) for p in parts]),
+    )
+
+
 def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

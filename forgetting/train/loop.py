@@ -53,7 +53,11 @@ def target_loss_sum(model, batch: EncodedExamples, device) -> torch.Tensor:
 def make_optimizer(model, config: OptimConfig, steps: int):
     """AdamW over the trainable parameters and its warmup + decay schedule (``transformers.get_scheduler``)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    kwargs = dict(lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    try:  # the fused kernel (one op for all tensors; what the HF Trainer uses by default) where supported
+        optimizer = torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError):
+        optimizer = torch.optim.AdamW(params, **kwargs)
     scheduler = get_scheduler(
         SCHEDULES[config.schedule], optimizer, num_warmup_steps=min(config.warmup_steps, steps), num_training_steps=steps
     )

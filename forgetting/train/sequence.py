@@ -184,19 +184,11 @@ def _load_tables(ctx: RunContext, completed: int) -> None:
 
 def run_reference(ctx: RunContext, state: dict) -> None:
     """Joint multi-task training from the base snapshot: the reference a*_k for intransigence."""
-    from forgetting.tasks.encoding import EncodedExamples
+    from forgetting.tasks.encoding import concat_examples
 
     spec = ctx.spec
     restore_snapshot(ctx.accelerator.unwrap_model(ctx.model), ctx.out / "snapshots" / snapshot_label(0, "base"))
-    width = max(t.train.input_ids.shape[1] for t in ctx.tasks)
-    pad = lambda x, v: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=v)  # noqa: E731
-    pad_id = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.tokenizer.eos_token_id
-    joint = EncodedExamples(
-        torch.cat([pad(t.train.input_ids, pad_id) for t in ctx.tasks]),
-        torch.cat([pad(t.train.attention_mask, 0) for t in ctx.tasks]),
-        torch.cat([pad(t.train.labels, -100) for t in ctx.tasks]),
-        torch.cat([pad(t.train.answer_mask, False) for t in ctx.tasks]),
-    )
+    joint = concat_examples([t.train for t in ctx.tasks])
     steps = spec.reference.steps or sum(steps_per_task(spec, len(t.train)) for t in ctx.tasks)
     torch.manual_seed(stage_seed(spec.seed, 10_000))
     train_task(
