@@ -62,8 +62,8 @@ class OptimizerSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    every: int = Field(default=50, ge=0, description="evaluate all tasks every k steps (0: end of task only)")
-    batch_size: int = Field(default=128, ge=1, le=4096)
+    every: int = Field(default=100, ge=0, description="evaluate all tasks every k steps (0: end of task only)")
+    batch_size: int = Field(default=256, ge=1, le=4096)
     heldout_corpus: bool = Field(default=True, description="also track the pretraining held-out loss")
     heldout_documents: int = Field(default=64, ge=1, le=10_000, description="held-out corpus sample size")
 

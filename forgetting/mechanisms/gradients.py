@@ -301,13 +301,10 @@ def _lora_base_weights(model: nn.Module) -> dict[str, str]:
     layers = lora_layers(model)
     if not layers:
         raise ValueError("model: has no LoRA layers (apply_lora first, or use task_gradients)")
-    wanted = {f"{name[: -len('.weight')]}.base_layer.weight": name for name in layers}
-    out = {}
-    for full_name, _ in model.named_parameters():
-        key = _strip_peft(full_name)
-        if key in wanted:
-            out[full_name] = wanted[key]
-    return out
+    return {
+        full_name: _strip_peft(full_name) for full_name, _ in model.named_parameters()
+        if ".base_layer." in full_name and _strip_peft(full_name) in layers
+    }
 
 
 def lora_task_gradients(
@@ -488,7 +485,8 @@ def _unit_rows(
         y = y.detach().to(device=x.device, dtype=torch.float64)
         base = {"name": name, "layer": unit.layer, "group": unit.group, "kind": unit.kind, "part": unit.part}
         rows.append({"unit": "matrix", **base, "head": None, "head_type": None, "numel": x.numel()})
-        blocks.append(_stats(x.reshape(-1), y.reshape(-1), (0,)).unsqueeze(1))
+        fx, fy = x.reshape(-1), y.reshape(-1)
+        blocks.append(torch.stack([fx @ fy, fx @ fx, fy @ fy]).unsqueeze(1))
         if heads:
             for ref in unit.refs:
                 hx, hy = ref.per_head(x), ref.per_head(y)  # (heads, head_dim, other)
@@ -519,12 +517,30 @@ def _aggregates(matrices: pd.DataFrame) -> pd.DataFrame:
     if len(in_layers):
         per_group = in_layers.groupby(["layer", "group"], sort=True)[sums].sum().reset_index()
         per_layer = in_layers.groupby("layer", sort=True)[sums].sum().reset_index().assign(group="all")
-        parts.append(pd.concat([per_group, per_layer]).assign(unit="layer"))
+        layers = pd.concat([per_group, per_layer], ignore_index=True)
+        rank = layers["group"].map({g: i for i, g in enumerate((*GROUPS, "all"))})
+        parts.append(layers.iloc[(layers["layer"].astype(int) * 10 + rank).argsort(kind="stable")].assign(unit="layer"))
     per_group = matrices.groupby("group", sort=True)[sums].sum().reset_index()
     whole = matrices[sums].sum().to_frame().T.assign(group="all")
     parts.append(pd.concat([per_group, whole]).assign(unit="model", layer=pd.NA))
     out = pd.concat(parts, ignore_index=True)
     return out.assign(kind="all", name=None, part=None, head=pd.NA, head_type=None)
+
+
+_STRING_KEYS = ("name", "group", "kind", "part", "head_type")
+
+
+def _normalize_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """Unit-key dtypes: strings as objects with None, ``layer``/``head`` as nullable Int64 (stable for merges)."""
+    df = df.copy()
+    for column in _STRING_KEYS:
+        if column in df.columns:
+            values = df[column].astype(object)
+            df[column] = values.where(values.notna(), None)
+    for column in ("layer", "head"):
+        if column in df.columns:
+            df[column] = df[column].astype("Int64")
+    return df
 
 
 def gradient_alignment(
@@ -560,9 +576,8 @@ def gradient_alignment(
     df = pd.DataFrame(rows)
     df["dot"], df["sq_a"], df["sq_b"] = stats
     df = pd.concat([df, _aggregates(df[df["unit"] == "matrix"])], ignore_index=True)
-    df["layer"] = df["layer"].astype("Int64")
-    df["head"] = df["head"].astype("Int64")
     df["numel"] = df["numel"].astype("int64")
+    df = _normalize_keys(df)
     df = _with_cosine(df, df.pop("sq_a"), df.pop("sq_b"))
     return df[list(ALIGNMENT_COLUMNS)]
 
@@ -659,17 +674,18 @@ def conflict_rate(alignment: pd.DataFrame, *, unit: str = "head", by: Sequence[s
 
 
 def step_conflict_rate(alignment: pd.DataFrame, *, unit: str = "model", step: str = "step",
-                       threshold: float = 0.0) -> pd.DataFrame:
+                       threshold: float = 0.0, by: Sequence[str] = ()) -> pd.DataFrame:
     """Per unit, the fraction of steps at which it is in conflict (``cosine < threshold``).
 
     ``alignment`` holds one alignment table per step (a ``step`` column, as :func:`snapshot_alignment`
     returns). One row per unit (identified by :data:`UNIT_KEYS`) with ``n_steps`` (steps with a defined
     cosine), ``n_conflict`` and ``conflict_rate = n_conflict / n_steps``. ``unit="model"`` with
-    ``group == "all"`` is the fraction of steps at which the whole-model gradients conflict.
+    ``group == "all"`` is the fraction of steps at which the whole-model gradients conflict. ``by``: more
+    columns that tell tables apart (e.g. ``["old_task", "new_task"]`` when several pairs are stacked).
     """
     if step not in alignment.columns:
         raise ValueError(f"step: no column {step!r} in the alignment table")
-    out = conflict_rate(alignment, unit=unit, by=list(UNIT_KEYS), threshold=threshold)
+    out = conflict_rate(alignment, unit=unit, by=[*by, *UNIT_KEYS], threshold=threshold)
     return out.rename(columns={"n_units": "n_steps"})
 
 
@@ -732,10 +748,10 @@ def compare_with_null(alignment: pd.DataFrame, null: pd.DataFrame) -> pd.DataFra
     can leave [-1, 1]).
     """
     keys = list(UNIT_KEYS)
-    summary = null.groupby(keys, dropna=False, sort=False)["cosine"].agg(
+    summary = _normalize_keys(null).groupby(keys, dropna=False, sort=False)["cosine"].agg(
         null_cosine="mean", null_sd="std", n_splits="count"
     ).reset_index()
-    out = alignment.merge(summary, on=keys, how="left")
+    out = _normalize_keys(alignment).merge(_normalize_keys(summary), on=keys, how="left")
     c = out["null_cosine"]
     out["reliability"] = (2 * c / (1 + c)).where(c > 0)
     out["corrected_cosine"] = out["cosine"] / out["reliability"].pow(0.5)

@@ -155,22 +155,37 @@ def encode_documents(tokenizer, documents: list[str]) -> dict[str, torch.Tensor]
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def encode_corpus(tokenizer, documents: list[str], batch_size: int = 64) -> list[dict[str, torch.Tensor]]:
+    """``documents`` as a list of :func:`encode_documents` batches (encode once, score many times)."""
+    return [encode_documents(tokenizer, documents[i : i + batch_size]) for i in range(0, len(documents), batch_size)]
+
+
 @torch.no_grad()
-def corpus_loss(model, tokenizer, documents: list[str], batch_size: int = 64) -> float:
-    """Mean next-token cross-entropy (nats per token) of ``model`` on ``documents``."""
+def encoded_corpus_loss(model, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Mean next-token cross-entropy (nats per token) of ``model`` over pre-encoded batches.
+
+    The model's train/eval mode is restored afterwards (this runs in the middle of training).
+    """
+    was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
-    for start in range(0, len(documents), batch_size):
-        batch = encode_documents(tokenizer, documents[start : start + batch_size])
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    for batch in batches:
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
         logits = out.logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
+        labels = batch["labels"][:, 1:].to(device)
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
         )
         total += float(loss)
         count += int((labels != -100).sum())
+    model.train(was_training)
     return total / count
+
+
+def corpus_loss(model, tokenizer, documents: list[str], batch_size: int = 64) -> float:
+    """Mean next-token cross-entropy (nats per token) of ``model`` on ``documents``."""
+    return encoded_corpus_loss(model, encode_corpus(tokenizer, documents, batch_size))
 
 
 @torch.no_grad()

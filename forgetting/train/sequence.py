@@ -42,7 +42,7 @@ class RunContext:
     tokenizer: object
     tasks: list[PreparedTask]
     accelerator: object
-    heldout: list[str] | None
+    heldout: list[dict] | None  # pre-encoded batches of the held-out corpus sample
     evals: list[dict] = field(default_factory=list)
     train_log: list[dict] = field(default_factory=list)
 
@@ -83,23 +83,25 @@ def prepare_tasks(spec: ExperimentSpec, tokenizer) -> list[PreparedTask]:
     ]
 
 
-def _heldout_documents(spec: ExperimentSpec) -> list[str] | None:
+def _heldout_batches(spec: ExperimentSpec, tokenizer) -> list[dict] | None:
+    """The held-out pretraining sample of an embedded model, encoded once for the whole run."""
     from forgetting.models import EMBEDDED_MODELS
 
     if not spec.eval.heldout_corpus or spec.model not in EMBEDDED_MODELS:
         return None
-    from forgetting.models.embedded import RECIPES, heldout_documents
+    from forgetting.models.embedded import RECIPES, encode_corpus, heldout_documents
 
-    return heldout_documents(RECIPES[spec.model])[: spec.eval.heldout_documents]
+    documents = heldout_documents(RECIPES[spec.model])[: spec.eval.heldout_documents]
+    return encode_corpus(tokenizer, documents, batch_size=spec.eval.batch_size)
 
 
 def _evaluate(ctx: RunContext, stage: int, stage_task: str, step: int, end: bool) -> None:
     if not ctx.main:
         return
-    from forgetting.models.embedded import corpus_loss
+    from forgetting.models.embedded import encoded_corpus_loss
 
     model = ctx.accelerator.unwrap_model(ctx.model)
-    heldout = corpus_loss(model, ctx.tokenizer, ctx.heldout) if ctx.heldout else None
+    heldout = encoded_corpus_loss(model, ctx.heldout) if ctx.heldout else None
     ctx.evals += evaluation_rows(
         model, ctx.tasks, stage=stage, stage_task=stage_task, step=step, end_of_stage=end,
         batch_size=ctx.spec.eval.batch_size, heldout_loss=heldout,
@@ -233,7 +235,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = Tr
     model, tokenizer = load_for_spec(spec)
     tasks = prepare_tasks(spec, tokenizer)
     model = accelerator.prepare_model(model)
-    ctx = RunContext(spec, out, model, tokenizer, tasks, accelerator, _heldout_documents(spec))
+    ctx = RunContext(spec, out, model, tokenizer, tasks, accelerator, _heldout_batches(spec, tokenizer))
     if ctx.main and not (out / MANIFEST).is_file():
         out.mkdir(parents=True, exist_ok=True)
         manifest = {
