@@ -501,30 +501,54 @@ def _unit_rows(
     return rows, blocks
 
 
-def _with_cosine(df: pd.DataFrame, sq_a: pd.Series, sq_b: pd.Series) -> pd.DataFrame:
-    df["norm_a"] = sq_a.clip(lower=0).pow(0.5)
-    df["norm_b"] = sq_b.clip(lower=0).pow(0.5)
-    denom = df["norm_a"] * df["norm_b"]
-    df["cosine"] = (df["dot"] / denom.where(denom > 0)).clip(-1.0, 1.0)
-    return df
+def _finish(row: dict, dot: float, sq_a: float, sq_b: float) -> dict:
+    """Fill ``dot``, ``norm_a``, ``norm_b``, ``cosine`` (NaN when a norm is 0; clipped to [-1, 1])."""
+    norm_a, norm_b = math.sqrt(max(sq_a, 0.0)), math.sqrt(max(sq_b, 0.0))
+    denom = norm_a * norm_b
+    cosine = min(1.0, max(-1.0, dot / denom)) if denom > 0 else math.nan
+    row.update(dot=dot, norm_a=norm_a, norm_b=norm_b, cosine=cosine)
+    return row
 
 
-def _aggregates(matrices: pd.DataFrame) -> pd.DataFrame:
-    """Layer (per group and "all") and model (per group and "all") rows from the matrix rows."""
-    sums = ["numel", "dot", "sq_a", "sq_b"]
-    parts = []
-    in_layers = matrices[matrices["layer"].notna()]
-    if len(in_layers):
-        per_group = in_layers.groupby(["layer", "group"], sort=True)[sums].sum().reset_index()
-        per_layer = in_layers.groupby("layer", sort=True)[sums].sum().reset_index().assign(group="all")
-        layers = pd.concat([per_group, per_layer], ignore_index=True)
-        rank = layers["group"].map({g: i for i, g in enumerate((*GROUPS, "all"))})
-        parts.append(layers.iloc[(layers["layer"].astype(int) * 10 + rank).argsort(kind="stable")].assign(unit="layer"))
-    per_group = matrices.groupby("group", sort=True)[sums].sum().reset_index()
-    whole = matrices[sums].sum().to_frame().T.assign(group="all")
-    parts.append(pd.concat([per_group, whole]).assign(unit="model", layer=pd.NA))
-    out = pd.concat(parts, ignore_index=True)
-    return out.assign(kind="all", name=None, part=None, head=pd.NA, head_type=None)
+def _aggregates(matrices: Sequence[tuple[dict, float, float, float]]) -> list[dict]:
+    """Layer rows (per group, then "all") in layer order and model rows (per group, then "all"), summing
+    ``numel``, ``dot`` and the squared norms of the member matrices."""
+    sums: dict[tuple[str, int | None, str], list[float]] = {}
+    for row, dot, sq_a, sq_b in matrices:
+        keys = [("model", None, row["group"]), ("model", None, "all")]
+        if row["layer"] is not None:
+            keys += [("layer", row["layer"], row["group"]), ("layer", row["layer"], "all")]
+        for key in keys:
+            acc = sums.setdefault(key, [0, 0.0, 0.0, 0.0])
+            acc[0] += row["numel"]
+            acc[1] += dot
+            acc[2] += sq_a
+            acc[3] += sq_b
+    rank = {g: i for i, g in enumerate((*GROUPS, "all"))}
+    order = sorted(sums, key=lambda k: (k[0] == "model", -1 if k[1] is None else k[1], rank.get(k[2], len(rank))))
+    out = []
+    for unit, layer, group in order:
+        numel, dot, sq_a, sq_b = sums[(unit, layer, group)]
+        row = {"unit": unit, "name": None, "layer": layer, "group": group, "kind": "all", "part": None,
+               "head": None, "head_type": None, "numel": int(numel)}
+        out.append(_finish(row, dot, sq_a, sq_b))
+    return out
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """The long table with stable dtypes: strings as objects (None where absent), layer/head nullable Int64."""
+    columns = {}
+    for c in ALIGNMENT_COLUMNS:
+        values = [r[c] for r in rows]
+        if c in ("layer", "head"):
+            columns[c] = pd.array(values, dtype="Int64")
+        elif c in _STRING_KEYS or c == "unit":
+            columns[c] = pd.Series(values, dtype=object)
+        elif c == "numel":
+            columns[c] = pd.Series(values, dtype="int64")
+        else:
+            columns[c] = pd.Series(values, dtype="float64")
+    return pd.DataFrame(columns)
 
 
 _STRING_KEYS = ("name", "group", "kind", "part", "head_type")
@@ -572,14 +596,10 @@ def gradient_alignment(
     names = _common_names(grad_a, grad_b)
     classify = _Classifier(_geometry_for(geometry, model))
     rows, blocks = _unit_rows(names, grad_a, grad_b, classify, heads)
-    stats = torch.cat([blk.reshape(3, -1).to("cpu") for blk in blocks], dim=1).tolist()  # one device transfer
-    df = pd.DataFrame(rows)
-    df["dot"], df["sq_a"], df["sq_b"] = stats
-    df = pd.concat([df, _aggregates(df[df["unit"] == "matrix"])], ignore_index=True)
-    df["numel"] = df["numel"].astype("int64")
-    df = _normalize_keys(df)
-    df = _with_cosine(df, df.pop("sq_a"), df.pop("sq_b"))
-    return df[list(ALIGNMENT_COLUMNS)]
+    dots, sq_a, sq_b = torch.cat([blk.reshape(3, -1) for blk in blocks], dim=1).cpu().tolist()  # one transfer
+    rows = [_finish(row, d, a, b) for row, d, a, b in zip(rows, dots, sq_a, sq_b)]
+    matrices = [(r, r["dot"], a, b) for r, a, b in zip(rows, sq_a, sq_b) if r["unit"] == "matrix"]
+    return _frame(rows + _aggregates(matrices))
 
 
 def update_alignment(
