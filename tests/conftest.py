@@ -12,6 +12,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The test models are tiny: one intra-op thread is as fast, and two threads on a shared 2-core
+    machine spin against other processes (tens of times slower). Restored at the end."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_spec(**overrides) -> dict:
     """A spec that trains two tasks for a handful of steps on the embedded tiny model (seconds)."""
     spec = {

@@ -21,13 +21,6 @@ from forgetting.mechanisms.drift import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids spin-waiting on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # --------------------------------------------------------------------------------------------------
 # references written out from the definitions with explicit n x n Gram matrices

@@ -18,14 +18,6 @@ from forgetting.tasks import make_task
 from forgetting.tasks.encoding import EncodedExamples
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast, and two threads on a shared 2-core machine
-    spin against the neighbours' processes (tens of times slower). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,6 @@ from forgetting.mechanisms.landscape import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids spin-waiting on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # --------------------------------------------------------------------------------------------------
 # quadratic losses 0.5 x^T A x with a chosen spectrum: H = A exactly
