@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 import time
 import warnings
@@ -46,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from _report import emit, run_context  # benchmarks/_report.py (the script folder is on sys.path)
 from forgetting.mechanisms.drift import MinibatchCKA, cka_by_layer
 
 LAYERS = ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.layers.2", "model.norm"]
@@ -257,18 +256,11 @@ def main() -> None:
         full[readout] = {"seconds": statistics.median(ts), "n": int(df["n"][0]), "cka": df["cka"].round(4).tolist()}
 
     report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
-        f"load average at end {os.getloadavg()[0]:.1f}",
-        "torch": torch.__version__,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **run_context(args),
         "scenarios": results,
         "cka_by_layer_full_batch_debiased": full,
     }
-    print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from _report import emit, run_context  # benchmarks/_report.py (the script folder is on sys.path)
 from forgetting.mechanisms.landscape import HessianOperator, hutchinson, hutchpp, lanczos, select_parameters
 
 VOCAB = 300
@@ -353,18 +352,11 @@ def main() -> None:
         results[point] = info
 
     report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
-        f"load average at end {os.getloadavg()[0]:.1f}",
-        "torch": torch.__version__,
+        **run_context(args),
         "n_params": sum(p.numel() for p in model.parameters()),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "points": results,
     }
-    print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
