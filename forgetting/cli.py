@@ -2,6 +2,7 @@
 
     forgetting run SPEC --out DIR     run or resume an experiment spec
     forgetting show DIR               print the performance matrices and the summary of a run
+    forgetting analyze DIR            measure drift, gradient alignment, curvature and head disruption
     forgetting pretrain               build the embedded default models (tiny, tiny-moe)
     forgetting book                   execute the chapters and build the static book
     forgetting results                run the full profile's seeds into data/results/
@@ -94,6 +95,20 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from forgetting.analysis import analyze_run, load_analysis
+    from forgetting.train.sequence import MANIFEST
+
+    if not (Path(args.dir) / MANIFEST).is_file():
+        raise SpecError("DIR", f"{args.dir} is not a run folder (no {MANIFEST}); make one with `forgetting run`")
+    out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, progress=not args.quiet)
+    tables = load_analysis(args.dir)
+    drift = tables["drift"].groupby("layer")["cka"].mean()
+    print(f"analysis written to {out}")
+    print("mean CKA before vs after, by layer: " + ", ".join(f"{layer}: {v:.3f}" for layer, v in drift.items()))
+    return 0
+
+
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from forgetting.tasks import SEQUENCES, make_task, task_names
 
@@ -139,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--profile", default="quick", choices=["quick", "full", "gpu"], help="chapter profile")
     book.add_argument("--force", action="store_true", help="re-execute every chapter")
     book.set_defaults(func=_cmd_book)
+
+    analyze = sub.add_parser("analyze", help="measure the mechanisms on a finished run", description=
+                             "Drift, gradient alignment, curvature and head disruption of a run, stored in DIR/analysis/.")
+    analyze.add_argument("dir", metavar="DIR", help="a run folder written by `forgetting run`")
+    analyze.add_argument("--stages", type=int, nargs="+", default=None, metavar="I",
+                         help="stages to analyse (default: every stage from 2 on)")
+    analyze.add_argument("--examples", type=int, default=60, help="eval examples per old task (default 60)")
+    analyze.add_argument("--quiet", action="store_true", help="no progress bar")
+    analyze.set_defaults(func=_cmd_analyze)
 
     results = sub.add_parser("results", help="run a profile for all its seeds into data/results", description=
                              "Run every seed of a profile and store the runs with provenance in data/results/.")

@@ -75,7 +75,7 @@ def test_real_process_exit_status_and_help():
     bad = subprocess.run([sys.executable, "-m", "forgetting", "run", "/no/such.yaml", "--out", "/tmp/x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "SPEC: no such file" in bad.stderr
-    for command in ([], ["run"], ["show"], ["pretrain"], ["book"], ["tasks"]):
+    for command in ([], ["run"], ["show"], ["analyze"], ["results"], ["pretrain"], ["book"], ["tasks"]):
         helped = subprocess.run([sys.executable, "-m", "forgetting", *command, "--help"],
                                 capture_output=True, text=True, timeout=120)
         assert helped.returncode == 0 and "usage: forgetting" in helped.stdout

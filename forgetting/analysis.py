@@ -1,0 +1,136 @@
+"""The mechanism report of a finished run: drift, gradient alignment, curvature and head disruption,
+measured on the run's own snapshots and task data, stored beside it with provenance.
+
+For every training stage ``i >= 2`` (task ``i`` trained after the earlier tasks ``j < i``) and every
+earlier task ``j``, on ``j``'s eval examples, between the snapshot before stage ``i`` (end of stage
+``i-1``) and after it (end of stage ``i``):
+
+- ``drift.parquet``: linear CKA per layer of the residual stream (hidden state after each block, mean
+  over the example's tokens), before vs after (:func:`forgetting.mechanisms.drift.cka_by_layer`).
+- ``gradients.parquet``: alignment of task ``j``'s loss gradient with task ``i``'s, at the snapshot
+  before stage ``i``, per matrix, head, layer and for the whole model
+  (:func:`forgetting.mechanisms.gradients.task_alignment`); cosine < 0 is a conflict.
+- ``curvature.parquet``: the top Hessian eigenvalue of task ``j``'s loss (all trainable weights,
+  Lanczos) before and after, next to the loss itself: curvature rises with the loss (SCIENCE.md),
+  so ``lambda_max / loss`` is reported too.
+- ``heads.parquet``: per-head disruption before vs after (attention JS divergence, entropy change,
+  output similarity, weight change; :func:`forgetting.mechanisms.heads.head_disruption`), without
+  nulls: severity calibrated against a null is :func:`forgetting.mechanisms.heads.analyze_head_disruption`.
+
+Every table carries ``stage`` (the stage whose training is analysed), ``new_task`` and ``old_task``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from forgetting import paths
+from forgetting.errors import SpecError
+from forgetting.results import atomic_write_json, atomic_write_table, provenance
+
+ANALYSIS_DIR = "analysis"
+TABLES = ("drift", "gradients", "curvature", "heads")
+
+
+@torch.no_grad()
+def _hidden_states(model, examples, batch_size: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Hidden states (layers+1 tensors of (n, seq, d)) and the attention mask of ``examples``."""
+    chunks: list[tuple[torch.Tensor, ...]] = []
+    for start in range(0, len(examples), batch_size):
+        rows = slice(start, start + batch_size)
+        out = model(input_ids=examples.input_ids[rows], attention_mask=examples.attention_mask[rows],
+                    output_hidden_states=True)
+        chunks.append(out.hidden_states)
+    return [torch.cat([c[layer] for c in chunks]) for layer in range(len(chunks[0]))], examples.attention_mask
+
+
+def _top_eigenvalue(model, examples, max_iter: int) -> dict:
+    from forgetting.mechanisms.landscape import hessian_eigenvalues
+    from forgetting.train.loop import target_loss_sum
+
+    n_tokens = int((examples.labels[:, 1:] != -100).sum())
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = lambda: target_loss_sum(model, examples, device) / n_tokens  # noqa: E731
+    with torch.no_grad():
+        loss = float(loss_fn())
+    top = float(hessian_eigenvalues(loss_fn, params, k=1, max_iter=max_iter, tol=1e-3)[0])
+    return {"loss": loss, "lambda_max": top, "lambda_max_per_loss": top / loss if loss > 0 else float("nan")}
+
+
+def analyze_run(
+    run_dir: str | Path,
+    *,
+    stages: list[int] | None = None,
+    n_examples: int = 60,
+    batch_size: int = 64,
+    hessian_iters: int = 20,
+    progress: bool = True,
+) -> Path:
+    """Compute the four tables for ``stages`` (default: every stage from 2 on) and write them into
+    ``run_dir/analysis/`` with a ``manifest.json`` (run spec hash, arguments, provenance). Returns that
+    folder. ``n_examples`` caps each old task's eval examples."""
+    from tqdm.auto import tqdm
+
+    from forgetting.experiments import parse_spec
+    from forgetting.mechanisms.drift import cka_by_layer
+    from forgetting.mechanisms.gradients import task_alignment
+    from forgetting.mechanisms.heads import head_activity, head_disruption
+    from forgetting.profiles import load_run
+    from forgetting.train.sequence import load_for_spec, prepare_tasks, snapshot_label
+    from forgetting.train.snapshots import restore_snapshot
+
+    run = load_run(run_dir)
+    spec = parse_spec(run.manifest["spec"])
+    names = spec.task_list()
+    completed = run.evals["stage"].max()
+    wanted = list(range(2, len(names) + 1)) if stages is None else stages
+    bad = [s for s in wanted if not 2 <= s <= completed]
+    if bad:
+        raise SpecError("--stages", f"{bad} not analysable; allowed: 2..{completed} (stages with an earlier task)")
+    model, tokenizer = load_for_spec(spec)
+    tasks = prepare_tasks(spec, tokenizer)
+    snapshots = Path(run_dir) / "snapshots"
+    label = lambda i: snapshot_label(i, "base" if i == 0 else names[i - 1])  # noqa: E731
+    tables: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
+    jobs = [(s, j) for s in wanted for j in range(s - 1)]
+    bar = tqdm(jobs, desc="analyze", disable=not progress or paths.quiet())
+    for stage, j in bar:
+        new, old = tasks[stage - 1], tasks[j]
+        bar.set_postfix(stage=stage, old=old.name, refresh=False)
+        examples = old.eval.select(slice(0, n_examples))
+        keys = {"stage": stage, "new_task": new.name, "old_task": old.name}
+        restore_snapshot(model, snapshots / label(stage - 1))
+        model.eval()
+        hidden_before, mask = _hidden_states(model, examples, batch_size)
+        heads_before = head_activity(model, examples, batch_size=batch_size, ablation=None)
+        curvature = [{**keys, "snapshot": "before", **_top_eigenvalue(model, examples, hessian_iters)}]
+        tables["gradients"].append(task_alignment(
+            model, examples, new.train, batch_size=batch_size, max_examples=n_examples).assign(**keys))
+        restore_snapshot(model, snapshots / label(stage))
+        model.eval()
+        hidden_after, _ = _hidden_states(model, examples, batch_size)
+        tables["drift"].append(cka_by_layer(hidden_before, hidden_after, mask, readout="mean").assign(**keys))
+        tables["heads"].append(head_disruption(heads_before, head_activity(model, examples, batch_size=batch_size,
+                                                                           ablation=None)).assign(**keys))
+        curvature.append({**keys, "snapshot": "after", **_top_eigenvalue(model, examples, hessian_iters)})
+        tables["curvature"].append(pd.DataFrame(curvature))
+    out = Path(run_dir) / ANALYSIS_DIR
+    for name, parts in tables.items():
+        atomic_write_table(out / f"{name}.parquet", pd.concat(parts, ignore_index=True))
+    atomic_write_json(out / "manifest.json", {
+        "run_spec_hash": run.manifest["spec_hash"], "stages": wanted, "n_examples": n_examples,
+        "hessian_iters": hessian_iters, "tables": list(TABLES), **provenance(),
+    })
+    return out
+
+
+def load_analysis(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The tables written by :func:`analyze_run`, by name."""
+    folder = Path(run_dir) / ANALYSIS_DIR
+    if not (folder / "manifest.json").is_file():
+        raise SpecError("DIR", f"{run_dir} has no analysis; run `forgetting analyze {run_dir}`")
+    return {name: pd.read_parquet(folder / f"{name}.parquet") for name in TABLES}

@@ -1,0 +1,50 @@
+"""The mechanism report of a finished run (forgetting analyze)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from forgetting.analysis import analyze_run, load_analysis
+from forgetting.cli import main
+from tests.conftest import small_spec
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from forgetting.experiments import parse_spec
+    from forgetting.train.sequence import run_experiment
+
+    spec = small_spec(sequence=["recall_city", "recall_job", "update_city"], eval={"every": 0})
+    return run_experiment(parse_spec(spec), tmp_path_factory.mktemp("a") / "run", progress=False)
+
+
+def test_report_covers_every_stage_and_earlier_task(run_dir):
+    out = analyze_run(run_dir, n_examples=16, hessian_iters=8, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"] == [2, 3] and "git_commit" in manifest
+    tables = load_analysis(run_dir)
+    pairs = {(2, "recall_city"), (3, "recall_city"), (3, "recall_job")}
+    for name, table in tables.items():
+        assert set(zip(table.stage, table.old_task)) == pairs, name
+    drift = tables["drift"]
+    assert len(drift) == 3 * 5  # embedding output + 4 blocks
+    assert drift.cka.between(0, 1 + 1e-9).all()
+    grads = tables["gradients"]
+    heads_per_pair = 4 * (8 + 4 + 4 + 8)  # q and o by query head, k and v by key/value head
+    assert (grads.unit == "head").sum() == 3 * heads_per_pair
+    assert grads.cosine.between(-1 - 1e-9, 1 + 1e-9).all()
+    curvature = tables["curvature"]
+    assert list(curvature.snapshot) == ["before", "after"] * 3
+    assert (curvature.lambda_max > 0).all()
+    assert set(tables["heads"].metric) >= {"js_divergence", "entropy_change", "output_similarity", "weight_change"}
+
+
+def test_cli_analyze_and_bad_input(run_dir, tmp_path, capsys):
+    assert main(["analyze", str(run_dir), "--stages", "2", "--examples", "8", "--quiet"]) == 0
+    assert "mean CKA before vs after, by layer" in capsys.readouterr().out
+    assert main(["analyze", str(run_dir), "--stages", "1"]) == 2
+    assert "--stages: [1] not analysable; allowed: 2..3" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert "DIR: " in capsys.readouterr().err
