@@ -7,6 +7,10 @@ earlier task ``j``, on ``j``'s eval examples, between the snapshot before stage 
 
 - ``drift.parquet``: linear CKA per layer of the residual stream (hidden state after each block, mean
   over the example's tokens), before vs after (:func:`forgetting.mechanisms.drift.cka_by_layer`).
+  With ``nulls=True``, also before vs two nulls (SCIENCE.md: a drift counts only where it stands clear
+  of both), column ``null``: ``continue`` (task ``i-1`` trained further for as many steps as task
+  ``i`` got) and ``reseed`` (task ``i-1`` re-trained from the same start with another seed); made and
+  cached by :func:`forgetting.mechanisms.heads.null_snapshots`. The observed rows have ``null = ""``.
 - ``gradients.parquet``: alignment of task ``j``'s loss gradient with task ``i``'s, at the snapshot
   before stage ``i``, per matrix, head, layer and for the whole model
   (:func:`forgetting.mechanisms.gradients.task_alignment`); cosine < 0 is a conflict.
@@ -68,6 +72,7 @@ def analyze_run(
     n_examples: int = 60,
     batch_size: int = 64,
     hessian_iters: int = 20,
+    nulls: bool = False,
     progress: bool = True,
 ) -> Path:
     """Compute the four tables for ``stages`` (default: every stage from 2 on) and write them into
@@ -78,7 +83,7 @@ def analyze_run(
     from forgetting.experiments import parse_spec
     from forgetting.mechanisms.drift import cka_by_layer
     from forgetting.mechanisms.gradients import task_alignment
-    from forgetting.mechanisms.heads import head_activity, head_disruption
+    from forgetting.mechanisms.heads import head_activity, head_disruption, null_snapshots
     from forgetting.profiles import load_run
     from forgetting.train.sequence import load_for_spec, prepare_tasks, snapshot_label
     from forgetting.train.snapshots import restore_snapshot
@@ -96,6 +101,10 @@ def analyze_run(
     snapshots = Path(run_dir) / "snapshots"
     label = lambda i: snapshot_label(i, "base" if i == 0 else names[i - 1])  # noqa: E731
     tables: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
+    null_folders = {
+        s: null_snapshots(run_dir, before=label(s - 1), after=label(s), kinds=("continue", "reseed"), progress=progress)
+        for s in wanted
+    } if nulls else {}
     jobs = [(s, j) for s in wanted for j in range(s - 1)]
     bar = tqdm(jobs, desc="analyze", disable=not progress or paths.quiet())
     for stage, j in bar:
@@ -113,17 +122,23 @@ def analyze_run(
         restore_snapshot(model, snapshots / label(stage))
         model.eval()
         hidden_after, _ = _hidden_states(model, examples, batch_size)
-        tables["drift"].append(cka_by_layer(hidden_before, hidden_after, mask, readout="mean").assign(**keys))
+        tables["drift"].append(cka_by_layer(hidden_before, hidden_after, mask, readout="mean").assign(**keys, null=""))
         tables["heads"].append(head_disruption(heads_before, head_activity(model, examples, batch_size=batch_size,
                                                                            ablation=None)).assign(**keys))
         curvature.append({**keys, "snapshot": "after", **_top_eigenvalue(model, examples, hessian_iters)})
         tables["curvature"].append(pd.DataFrame(curvature))
+        for null_label, folder in null_folders.get(stage, {}).items():
+            restore_snapshot(model, folder)
+            model.eval()
+            hidden_null, _ = _hidden_states(model, examples, batch_size)
+            kind = null_label.split("-seed")[0]
+            tables["drift"].append(cka_by_layer(hidden_before, hidden_null, mask, readout="mean").assign(**keys, null=kind))
     out = Path(run_dir) / ANALYSIS_DIR
     for name, parts in tables.items():
         atomic_write_table(out / f"{name}.parquet", pd.concat(parts, ignore_index=True))
     atomic_write_json(out / "manifest.json", {
         "run_spec_hash": run.manifest["spec_hash"], "stages": wanted, "n_examples": n_examples,
-        "hessian_iters": hessian_iters, "tables": list(TABLES), **provenance(),
+        "hessian_iters": hessian_iters, "nulls": nulls, "tables": list(TABLES), **provenance(),
     })
     return out
 

@@ -101,11 +101,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     if not (Path(args.dir) / MANIFEST).is_file():
         raise SpecError("DIR", f"{args.dir} is not a run folder (no {MANIFEST}); make one with `forgetting run`")
-    out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, progress=not args.quiet)
-    tables = load_analysis(args.dir)
-    drift = tables["drift"].groupby("layer")["cka"].mean()
+    out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, nulls=args.nulls, progress=not args.quiet)
+    drift = load_analysis(args.dir)["drift"]
     print(f"analysis written to {out}")
-    print("mean CKA before vs after, by layer: " + ", ".join(f"{layer}: {v:.3f}" for layer, v in drift.items()))
+    for null, rows in drift.groupby("null"):
+        what = "before vs after" if not null else f"before vs the {null} null"
+        cka = rows.groupby("layer")["cka"].mean()
+        print(f"mean CKA {what}, by layer: " + ", ".join(f"{layer}: {v:.3f}" for layer, v in cka.items()))
     return 0
 
 
@@ -161,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--stages", type=int, nargs="+", default=None, metavar="I",
                          help="stages to analyse (default: every stage from 2 on)")
     analyze.add_argument("--examples", type=int, default=60, help="eval examples per old task (default 60)")
+    analyze.add_argument("--nulls", action="store_true",
+                         help="also measure drift against continue/reseed null snapshots (trains them; cached)")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(func=_cmd_analyze)
 

@@ -29,7 +29,7 @@ def test_report_covers_every_stage_and_earlier_task(run_dir):
     for name, table in tables.items():
         assert set(zip(table.stage, table.old_task)) == pairs, name
     drift = tables["drift"]
-    assert len(drift) == 3 * 5  # embedding output + 4 blocks
+    assert len(drift) == 3 * 5 and (drift.null == "").all()  # embedding output + 4 blocks
     assert drift.cka.between(0, 1 + 1e-9).all()
     grads = tables["gradients"]
     heads_per_pair = 4 * (8 + 4 + 4 + 8)  # q and o by query head, k and v by key/value head
@@ -48,3 +48,13 @@ def test_cli_analyze_and_bad_input(run_dir, tmp_path, capsys):
     assert "--stages: [1] not analysable; allowed: 2..3" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path)]) == 2
     assert "DIR: " in capsys.readouterr().err
+
+
+def test_drift_nulls_are_measured_and_cached(run_dir):
+    analyze_run(run_dir, stages=[2], n_examples=16, hessian_iters=4, nulls=True, progress=False)
+    drift = load_analysis(run_dir)["drift"]
+    assert set(drift.null) == {"", "continue", "reseed"}
+    assert (drift.groupby("null").size() == 5).all()
+    assert (run_dir / "nulls").is_dir()
+    # the embedding layer of the continue null: the same tokens, weights barely moved
+    assert drift[(drift.null == "continue") & (drift.layer == 0)].cka.item() > 0.9
