@@ -14,6 +14,10 @@ earlier task ``j``, on ``j``'s eval examples, between the snapshot before stage 
 - ``gradients.parquet``: alignment of task ``j``'s loss gradient with task ``i``'s, at the snapshot
   before stage ``i``, per matrix, head, layer and for the whole model
   (:func:`forgetting.mechanisms.gradients.task_alignment`); cosine < 0 is a conflict.
+- ``gradient_null.parquet``: the noise floor of that alignment, the cosine between the gradients of two
+  disjoint halves of task ``j``'s own examples at the same snapshot
+  (:func:`forgetting.mechanisms.gradients.split_half_null`): an old-vs-new cosine in a unit whose
+  split-half cosine is near 0 cannot be read.
 - ``curvature.parquet``: the top Hessian eigenvalue of task ``j``'s loss (all trainable weights,
   Lanczos) before and after, next to the loss itself: curvature rises with the loss (SCIENCE.md),
   so ``lambda_max / loss`` is reported too.
@@ -36,7 +40,7 @@ from forgetting.errors import SpecError
 from forgetting.results import atomic_write_json, atomic_write_table, provenance
 
 ANALYSIS_DIR = "analysis"
-TABLES = ("drift", "gradients", "curvature", "heads")
+TABLES = ("drift", "gradients", "gradient_null", "curvature", "heads")
 
 
 @torch.no_grad()
@@ -82,7 +86,7 @@ def analyze_run(
 
     from forgetting.experiments import parse_spec
     from forgetting.mechanisms.drift import cka_by_layer
-    from forgetting.mechanisms.gradients import task_alignment
+    from forgetting.mechanisms.gradients import split_half_null, task_alignment
     from forgetting.mechanisms.heads import head_activity, head_disruption, null_snapshots
     from forgetting.profiles import load_run
     from forgetting.train.sequence import load_for_spec, prepare_tasks, snapshot_label
@@ -119,6 +123,7 @@ def analyze_run(
         curvature = [{**keys, "snapshot": "before", **_top_eigenvalue(model, examples, hessian_iters)}]
         tables["gradients"].append(task_alignment(
             model, examples, new.train, batch_size=batch_size, max_examples=n_examples).assign(**keys))
+        tables["gradient_null"].append(split_half_null(model, examples, batch_size=batch_size).assign(**keys))
         restore_snapshot(model, snapshots / label(stage))
         model.eval()
         hidden_after, _ = _hidden_states(model, examples, batch_size)

@@ -35,6 +35,8 @@ def test_report_covers_every_stage_and_earlier_task(run_dir):
     heads_per_pair = 4 * (8 + 4 + 4 + 8)  # q and o by query head, k and v by key/value head
     assert (grads.unit == "head").sum() == 3 * heads_per_pair
     assert grads.cosine.between(-1 - 1e-9, 1 + 1e-9).all()
+    null = tables["gradient_null"]
+    assert (null.unit == "head").sum() == 3 * heads_per_pair  # the same units, two halves of the old task
     curvature = tables["curvature"]
     assert list(curvature.snapshot) == ["before", "after"] * 3
     assert (curvature.lambda_max > 0).all()
