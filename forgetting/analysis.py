@@ -22,8 +22,11 @@ earlier task ``j``, on ``j``'s eval examples, between the snapshot before stage 
   Lanczos) before and after, next to the loss itself: curvature rises with the loss (SCIENCE.md),
   so ``lambda_max / loss`` is reported too.
 - ``heads.parquet``: per-head disruption before vs after (attention JS divergence, entropy change,
-  output similarity, weight change; :func:`forgetting.mechanisms.heads.head_disruption`), without
-  nulls: severity calibrated against a null is :func:`forgetting.mechanisms.heads.analyze_head_disruption`.
+  output similarity, weight change; :func:`forgetting.mechanisms.heads.head_disruption`), column
+  ``null`` as in ``drift`` (with ``nulls=True`` the same measures between before and each null).
+- ``head_severity.parquet`` (with ``nulls=True``; empty otherwise): every head judged against the null
+  heads by :func:`forgetting.mechanisms.heads.severe_heads` (alpha 0.05, standardised per layer): a
+  head is severe only where it moved more than the continue and the reseed null both let heads move.
 
 Every table carries ``stage`` (the stage whose training is analysed), ``new_task`` and ``old_task``.
 """
@@ -37,10 +40,14 @@ import torch
 
 from forgetting import paths
 from forgetting.errors import SpecError
+from forgetting.profiles import code_fingerprint, load_run
 from forgetting.results import atomic_write_json, atomic_write_table, provenance
 
 ANALYSIS_DIR = "analysis"
-TABLES = ("drift", "gradients", "gradient_null", "curvature", "heads")
+TABLES = ("drift", "gradients", "gradient_null", "curvature", "heads", "head_severity")
+# The modules whose code determines the analysis tables (besides the run itself): a change in any
+# of them makes :func:`analysis_for` recompute instead of reusing stored tables.
+ANALYSIS_CODE = ("analysis.py", "mechanisms")
 
 
 @torch.no_grad()
@@ -69,6 +76,26 @@ def _top_eigenvalue(model, examples, max_iter: int) -> dict:
     return {"loss": loss, "lambda_max": top, "lambda_max_per_loss": top / loss if loss > 0 else float("nan")}
 
 
+def _all_stages(run) -> list[int]:
+    """Every stage with an earlier task: 2..T."""
+    from forgetting.experiments import parse_spec
+
+    return list(range(2, len(parse_spec(run.manifest["spec"]).task_list()) + 1))
+
+
+def _head_severity(heads: pd.DataFrame) -> pd.DataFrame:
+    """:func:`severe_heads` for each (stage, old task): observed rows (``null == ""``) against the null rows."""
+    from forgetting.mechanisms.heads import COMBINED_METRICS, severe_heads
+
+    parts = []
+    for (stage, new_task, old_task), group in heads.groupby(["stage", "new_task", "old_task"], sort=True):
+        observed = group[group["null"] == ""].drop(columns=["stage", "new_task", "old_task", "null"])
+        null = group[group["null"] != ""].drop(columns=["stage", "new_task", "old_task"])
+        combine = [m for m in COMBINED_METRICS if m in set(observed["metric"])]
+        parts.append(severe_heads(observed, null, combine=combine).assign(stage=stage, new_task=new_task, old_task=old_task))
+    return pd.concat(parts, ignore_index=True)
+
+
 def analyze_run(
     run_dir: str | Path,
     *,
@@ -88,7 +115,6 @@ def analyze_run(
     from forgetting.mechanisms.drift import cka_by_layer
     from forgetting.mechanisms.gradients import split_half_null, task_alignment
     from forgetting.mechanisms.heads import head_activity, head_disruption, null_snapshots
-    from forgetting.profiles import load_run
     from forgetting.train.sequence import load_for_spec, prepare_tasks, snapshot_label
     from forgetting.train.snapshots import restore_snapshot
 
@@ -96,7 +122,7 @@ def analyze_run(
     spec = parse_spec(run.manifest["spec"])
     names = spec.task_list()
     completed = run.evals["stage"].max()
-    wanted = list(range(2, len(names) + 1)) if stages is None else stages
+    wanted = _all_stages(run) if stages is None else stages
     bad = [s for s in wanted if not 2 <= s <= completed]
     if bad:
         raise SpecError("--stages", f"{bad} not analysable; allowed: 2..{completed} (stages with an earlier task)")
@@ -129,7 +155,7 @@ def analyze_run(
         hidden_after, _ = _hidden_states(model, examples, batch_size)
         tables["drift"].append(cka_by_layer(hidden_before, hidden_after, mask, readout="mean").assign(**keys, null=""))
         tables["heads"].append(head_disruption(heads_before, head_activity(model, examples, batch_size=batch_size,
-                                                                           ablation=None)).assign(**keys))
+                                                                           ablation=None)).assign(**keys, null=""))
         curvature.append({**keys, "snapshot": "after", **_top_eigenvalue(model, examples, hessian_iters)})
         tables["curvature"].append(pd.DataFrame(curvature))
         for null_label, folder in null_folders.get(stage, {}).items():
@@ -138,12 +164,16 @@ def analyze_run(
             hidden_null, _ = _hidden_states(model, examples, batch_size)
             kind = null_label.split("-seed")[0]
             tables["drift"].append(cka_by_layer(hidden_before, hidden_null, mask, readout="mean").assign(**keys, null=kind))
+            heads_null = head_activity(model, examples, batch_size=batch_size, ablation=None)
+            tables["heads"].append(head_disruption(heads_before, heads_null).assign(**keys, null=kind))
+    tables["head_severity"] = [_head_severity(pd.concat(tables["heads"], ignore_index=True))] if nulls else [pd.DataFrame()]
     out = Path(run_dir) / ANALYSIS_DIR
     for name, parts in tables.items():
         atomic_write_table(out / f"{name}.parquet", pd.concat(parts, ignore_index=True))
     atomic_write_json(out / "manifest.json", {
         "run_spec_hash": run.manifest["spec_hash"], "stages": wanted, "n_examples": n_examples,
-        "hessian_iters": hessian_iters, "nulls": nulls, "tables": list(TABLES), **provenance(),
+        "hessian_iters": hessian_iters, "nulls": nulls, "tables": list(TABLES),
+        "analysis_code": code_fingerprint(ANALYSIS_CODE), **provenance(),
     })
     return out
 
@@ -154,3 +184,33 @@ def load_analysis(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     if not (folder / "manifest.json").is_file():
         raise SpecError("DIR", f"{run_dir} has no analysis; run `forgetting analyze {run_dir}`")
     return {name: pd.read_parquet(folder / f"{name}.parquet") for name in TABLES}
+
+
+def analysis_for(
+    run_dir: str | Path,
+    *,
+    stages: list[int] | None = None,
+    n_examples: int = 60,
+    hessian_iters: int = 20,
+    nulls: bool = True,
+    progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """The analysis tables of ``run_dir``: read back when a stored analysis was made with the same
+    arguments by the same mechanism code, else computed by :func:`analyze_run` (and stored).
+
+    This is what chapters call: the first chapter that needs the report pays for it, later ones read it.
+    """
+    from forgetting.results import read_json
+
+    manifest_file = Path(run_dir) / ANALYSIS_DIR / "manifest.json"
+    if manifest_file.is_file():
+        stored = read_json(manifest_file)
+        same = (stored.get("stages") == (_all_stages(load_run(run_dir)) if stages is None else list(stages)) and stored.get("n_examples") == n_examples
+                and stored.get("hessian_iters") == hessian_iters and stored.get("nulls") == nulls
+                and stored.get("analysis_code") == code_fingerprint(ANALYSIS_CODE)
+                and all((manifest_file.parent / f"{t}.parquet").is_file() for t in TABLES))
+        if same:
+            return load_analysis(run_dir)
+    analyze_run(run_dir, stages=stages, n_examples=n_examples, hessian_iters=hessian_iters, nulls=nulls,
+                progress=progress)
+    return load_analysis(run_dir)

@@ -56,12 +56,12 @@ def experiment_spec(profile: str = "quick", *, model: str | None = None, seed: i
 RUN_CODE = ("train", "tasks", "evaluate.py", "experiments.py", "models/embedded.py")
 
 
-def code_fingerprint() -> str:
-    """Short sha256 (8 hex digits) of the source of the modules in ``RUN_CODE``."""
+def code_fingerprint(entries: tuple[str, ...] = RUN_CODE) -> str:
+    """Short sha256 (8 hex digits) of the source of the package modules ``entries`` (default ``RUN_CODE``)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for entry in RUN_CODE:
+    for entry in entries:
         target = paths.PACKAGE_DIR / entry
         for file in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
             digest.update(file.relative_to(paths.PACKAGE_DIR).as_posix().encode())

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from forgetting.analysis import analyze_run, load_analysis
+from forgetting.analysis import analysis_for, analyze_run, load_analysis
 from forgetting.cli import main
 from tests.conftest import small_spec
 
@@ -26,8 +26,10 @@ def test_report_covers_every_stage_and_earlier_task(run_dir):
     assert manifest["stages"] == [2, 3] and "git_commit" in manifest
     tables = load_analysis(run_dir)
     pairs = {(2, "recall_city"), (3, "recall_city"), (3, "recall_job")}
+    assert tables["head_severity"].empty  # severity needs nulls
     for name, table in tables.items():
-        assert set(zip(table.stage, table.old_task)) == pairs, name
+        if name != "head_severity":
+            assert set(zip(table.stage, table.old_task)) == pairs, name
     drift = tables["drift"]
     assert len(drift) == 3 * 5 and (drift.null == "").all()  # embedding output + 4 blocks
     assert drift.cka.between(0, 1 + 1e-9).all()
@@ -60,3 +62,23 @@ def test_drift_nulls_are_measured_and_cached(run_dir):
     assert (run_dir / "nulls").is_dir()
     # the embedding layer of the continue null: the same tokens, weights barely moved
     assert drift[(drift.null == "continue") & (drift.layer == 0)].cka.item() > 0.9
+
+    heads = load_analysis(run_dir)["heads"]
+    assert set(heads.null) == {"", "continue", "reseed"}
+    severity = load_analysis(run_dir)["head_severity"]
+    combined = severity[severity.metric == "combined"]
+    assert len(combined) == 4 * 8  # every query head of the one pair, judged once
+    assert ((combined.z > combined.threshold) == combined.severe).all()
+    assert combined.p_value.between(0, 1).all()
+
+
+def test_analysis_for_reuses_matching_tables_and_recomputes_otherwise(run_dir):
+    first = analysis_for(run_dir, stages=[2], n_examples=8, hessian_iters=4, nulls=False, progress=False)
+    stamp = (run_dir / "analysis" / "manifest.json").stat().st_mtime_ns
+    again = analysis_for(run_dir, stages=[2], n_examples=8, hessian_iters=4, nulls=False, progress=False)
+    assert (run_dir / "analysis" / "manifest.json").stat().st_mtime_ns == stamp  # read back, not recomputed
+    for name in first:
+        assert first[name].equals(again[name]), name
+    other = analysis_for(run_dir, stages=[2], n_examples=12, hessian_iters=4, nulls=False, progress=False)
+    assert json.loads((run_dir / "analysis" / "manifest.json").read_text())["n_examples"] == 12
+    assert len(other["gradients"]) == len(first["gradients"])

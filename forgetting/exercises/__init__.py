@@ -1,4 +1,5 @@
-"""Checker functions for the book's exercises: they test a reader's function against the package's
+"""Checker functions for the book's exercises (chapter 01 here; one module per later chapter, e.g.
+``forgetting.exercises.drift``): they test a reader's function against the package's
 own implementation on matrices where common mistakes give different answers, and answer with a
 teaching message instead of a bare assertion.
 
