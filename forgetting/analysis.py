@@ -51,7 +51,7 @@ ANALYSIS_CODE = ("analysis.py", "mechanisms")
 
 
 @torch.no_grad()
-def _hidden_states(model, examples, batch_size: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+def hidden_states(model, examples, batch_size: int) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Hidden states (layers+1 tensors of (n, seq, d)) and the attention mask of ``examples``."""
     chunks: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, len(examples), batch_size):
@@ -62,7 +62,9 @@ def _hidden_states(model, examples, batch_size: int) -> tuple[list[torch.Tensor]
     return [torch.cat([c[layer] for c in chunks]) for layer in range(len(chunks[0]))], examples.attention_mask
 
 
-def _top_eigenvalue(model, examples, max_iter: int) -> dict:
+def top_eigenvalue(model, examples, max_iter: int) -> dict:
+    """The top Hessian eigenvalue (Lanczos, all trainable weights) of the mean target-token loss on
+    ``examples``: ``{"loss", "lambda_max", "lambda_max_per_loss"}``."""
     from forgetting.mechanisms.landscape import hessian_eigenvalues
     from forgetting.train.loop import target_loss_sum
 
@@ -144,24 +146,24 @@ def analyze_run(
         keys = {"stage": stage, "new_task": new.name, "old_task": old.name}
         restore_snapshot(model, snapshots / label(stage - 1))
         model.eval()
-        hidden_before, mask = _hidden_states(model, examples, batch_size)
+        hidden_before, mask = hidden_states(model, examples, batch_size)
         heads_before = head_activity(model, examples, batch_size=batch_size, ablation=None)
-        curvature = [{**keys, "snapshot": "before", **_top_eigenvalue(model, examples, hessian_iters)}]
+        curvature = [{**keys, "snapshot": "before", **top_eigenvalue(model, examples, hessian_iters)}]
         tables["gradients"].append(task_alignment(
             model, examples, new.train, batch_size=batch_size, max_examples=n_examples).assign(**keys))
         tables["gradient_null"].append(split_half_null(model, examples, batch_size=batch_size).assign(**keys))
         restore_snapshot(model, snapshots / label(stage))
         model.eval()
-        hidden_after, _ = _hidden_states(model, examples, batch_size)
+        hidden_after, _ = hidden_states(model, examples, batch_size)
         tables["drift"].append(cka_by_layer(hidden_before, hidden_after, mask, readout="mean").assign(**keys, null=""))
         tables["heads"].append(head_disruption(heads_before, head_activity(model, examples, batch_size=batch_size,
                                                                            ablation=None)).assign(**keys, null=""))
-        curvature.append({**keys, "snapshot": "after", **_top_eigenvalue(model, examples, hessian_iters)})
+        curvature.append({**keys, "snapshot": "after", **top_eigenvalue(model, examples, hessian_iters)})
         tables["curvature"].append(pd.DataFrame(curvature))
         for null_label, folder in null_folders.get(stage, {}).items():
             restore_snapshot(model, folder)
             model.eval()
-            hidden_null, _ = _hidden_states(model, examples, batch_size)
+            hidden_null, _ = hidden_states(model, examples, batch_size)
             kind = null_label.split("-seed")[0]
             tables["drift"].append(cka_by_layer(hidden_before, hidden_null, mask, readout="mean").assign(**keys, null=kind))
             heads_null = head_activity(model, examples, batch_size=batch_size, ablation=None)

@@ -1,0 +1,208 @@
+"""How the mechanisms move together along training of a new task: the non-linear dynamics of forgetting.
+
+The mechanism report (:mod:`forgetting.analysis`) compares the snapshots at stage ends. Here the same
+measures are taken at many points *inside* one stage, so that their timing can be compared with the
+timing of forgetting itself: does drift come before the old task's loss rises, or after? Does
+interference fade once the old task is forgotten?
+
+The experiment (:func:`dynamics_spec`) is the profile's spec reduced to two tasks, A then B
+(``DYNAMICS_SEQUENCE``), with a snapshot every ``steps_per_task / 40`` steps and an evaluation every
+half of that. At each analysed snapshot ``theta_s`` of stage B (``s`` = steps of B so far; ``s = 0`` is
+the end of A), on A's eval examples (:func:`training_dynamics`):
+
+- ``old_loss``: A's mean target-token cross-entropy ``L_A(theta_s)``; ``forgetting`` = ``L_A(theta_s) -
+  L_A(theta_0)``;
+- ``cka_<layer>`` and ``drift``: linear CKA of the residual stream (mean over tokens) at ``theta_s`` vs
+  ``theta_0`` per layer, and ``drift = 1 - mean CKA`` over the intermediate layers (all blocks but the
+  first and last);
+- ``grad_cosine`` and ``grad_cosine_attention``: ``cos(g_A(theta_s), g_B(theta_s))`` over all weights and
+  over the attention projections only (:func:`forgetting.mechanisms.gradients.gradient_alignment`);
+- ``lambda_max`` and ``lambda_max_per_loss``: the top Hessian eigenvalue of ``L_A`` at ``theta_s``
+  (Lanczos) and its ratio to ``L_A`` (curvature rises with the loss: SCIENCE.md);
+- ``head_js``: the mean over heads of the Jensen-Shannon divergence (bits) of A's attention patterns at
+  ``theta_s`` vs ``theta_0``.
+
+:func:`onset_steps` turns each series into the step where it first covers half of its total change
+(``t50``), so that "which moves first" is one comparable number per measure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from forgetting import paths
+from forgetting.errors import SpecError
+from forgetting.experiments import ExperimentSpec
+from forgetting.profiles import code_fingerprint, experiment_spec, load_run
+from forgetting.results import atomic_write_json, atomic_write_table, provenance, read_json
+
+DYNAMICS_SEQUENCE = ("recall_city", "recall_job")
+DYNAMICS_FILE = "dynamics.parquet"
+DYNAMICS_CODE = ("dynamics.py", "analysis.py", "mechanisms")
+#: Fractions of the stage at which snapshots are analysed: dense early, where forgetting happens.
+DEFAULT_POINTS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+#: What each measure means (for chart labels and the chapter's table).
+MEASURES = {
+    "forgetting": "old task's loss increase (nats/token)",
+    "drift": "1 - mean CKA, intermediate layers",
+    "grad_cosine": "cos(g_old, g_new), all weights",
+    "grad_cosine_attention": "cos(g_old, g_new), attention",
+    "lambda_max": "top Hessian eigenvalue of the old loss",
+    "lambda_max_per_loss": "lambda_max / old loss",
+    "head_js": "mean attention JS divergence (bits)",
+}
+
+
+def dynamics_spec(profile: str = "quick", *, model: str | None = None, seed: int | None = None) -> ExperimentSpec:
+    """The profile's spec on ``DYNAMICS_SEQUENCE`` with a snapshot every ``steps_per_task // 40`` steps
+    (at least 1) and an evaluation twice as often; no joint reference run."""
+    base = experiment_spec(profile, model=model, seed=seed)
+    if base.steps_per_task is None:
+        raise SpecError("steps_per_task", f"profile {profile!r} trains by epochs; the dynamics need a step count")
+    every = max(1, base.steps_per_task // 40)
+    return experiment_spec(
+        profile, model=model, seed=seed, sequence=list(DYNAMICS_SEQUENCE),
+        snapshots={"every": every}, eval={**base.eval.model_dump(), "every": max(1, every // 2)},
+        reference={"enabled": False},
+    )
+
+
+def _stage_points(run_dir: Path, stage: int, points: tuple[float, ...]) -> list[tuple[int, Path]]:
+    """``(steps into the stage, snapshot folder)`` nearest to each fraction of the stage, deduplicated."""
+    from forgetting.mechanisms.gradients import stage_snapshots
+    from forgetting.train.snapshots import snapshot_meta
+
+    folders = stage_snapshots(run_dir, stage)
+    steps = np.array([snapshot_meta(f)["step"] for f in folders])
+    rel = steps - steps[0]
+    chosen: dict[int, Path] = {}
+    for fraction in points:
+        i = int(np.argmin(np.abs(rel - fraction * rel[-1])))
+        chosen[int(rel[i])] = folders[i]
+    return sorted(chosen.items())
+
+
+def _intermediate(n_hidden: int) -> list[int]:
+    """Hidden-state indices of the intermediate blocks: 0 is the embedding output, 1..L the blocks."""
+    blocks = list(range(1, n_hidden))
+    return blocks[1:-1] or blocks
+
+
+def training_dynamics(
+    run_dir: str | Path,
+    *,
+    stage: int = 2,
+    points: tuple[float, ...] = DEFAULT_POINTS,
+    n_examples: int = 60,
+    batch_size: int = 64,
+    hessian_iters: int = 20,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The measures of the module docstring at the snapshots of ``stage`` nearest to ``points``
+    (fractions of the stage), for the old task = the task of stage ``stage - 1``.
+
+    Returns a long DataFrame: ``step`` (steps into the stage), ``snapshot``, ``measure``, ``layer``
+    (for ``cka``, else -1), ``value``, plus ``old_task`` and ``new_task``.
+    """
+    from tqdm.auto import tqdm
+
+    from forgetting.analysis import hidden_states, top_eigenvalue
+    from forgetting.experiments import parse_spec
+    from forgetting.mechanisms.drift import cka_by_layer
+    from forgetting.mechanisms.gradients import gradient_alignment, task_gradients
+    from forgetting.mechanisms.heads import head_activity, head_disruption
+    from forgetting.models.geometry import attention_geometry
+    from forgetting.train.sequence import load_for_spec, prepare_tasks
+    from forgetting.train.snapshots import restore_snapshot
+
+    run_dir = Path(run_dir)
+    spec = parse_spec(load_run(run_dir).manifest["spec"])
+    names = spec.task_list()
+    if not 2 <= stage <= len(names):
+        raise SpecError("stage", f"{stage} not allowed; allowed: 2..{len(names)}")
+    chosen = _stage_points(run_dir, stage, points)
+    model, tokenizer = load_for_spec(spec)
+    tasks = prepare_tasks(spec, tokenizer)
+    old, new = tasks[stage - 2], tasks[stage - 1]
+    examples = old.eval.select(slice(0, n_examples))
+    new_examples = new.train.select(slice(0, n_examples))
+    geometry = attention_geometry(model)
+    rows: list[dict] = []
+    start_hidden = start_heads = None
+    for step, folder in tqdm(chosen, desc="dynamics", disable=not progress or paths.quiet()):
+        restore_snapshot(model, folder)
+        model.eval()
+        hidden, mask = hidden_states(model, examples, batch_size)
+        heads = head_activity(model, examples, batch_size=batch_size, ablation=None)
+        if start_hidden is None:
+            start_hidden, start_heads = hidden, heads
+        curvature = top_eigenvalue(model, examples, hessian_iters)
+        g_old = task_gradients(model, examples, batch_size=batch_size)
+        g_new = task_gradients(model, new_examples, batch_size=batch_size)
+        alignment = gradient_alignment(g_old, g_new, geometry, heads=False)
+        whole = alignment[alignment["unit"] == "model"].set_index("group")["cosine"]
+        cka = cka_by_layer(start_hidden, hidden, mask, readout="mean")
+        js = head_disruption(start_heads, heads)
+        values = {
+            "old_loss": curvature["loss"],
+            "drift": 1.0 - float(cka[cka["layer"].isin(_intermediate(len(hidden)))]["cka"].mean()),
+            "grad_cosine": float(whole["all"]),
+            "grad_cosine_attention": float(whole["attention"]),
+            "lambda_max": curvature["lambda_max"],
+            "lambda_max_per_loss": curvature["lambda_max_per_loss"],
+            "head_js": float(js[js["metric"] == "js_divergence"]["value"].mean()),
+        }
+        base = {"step": step, "snapshot": folder.name}
+        rows += [{**base, "measure": m, "layer": -1, "value": v} for m, v in values.items()]
+        rows += [{**base, "measure": "cka", "layer": int(r.layer), "value": float(r.cka)} for r in cka.itertuples()]
+    df = pd.DataFrame(rows)
+    loss = df[df["measure"] == "old_loss"].set_index("step")["value"]
+    forgetting = (loss - loss.iloc[0]).rename("value").reset_index()
+    df = pd.concat([df, forgetting.assign(measure="forgetting", layer=-1,
+                                          snapshot=df.drop_duplicates("step").set_index("step").loc[forgetting["step"], "snapshot"].to_numpy())],
+                   ignore_index=True)
+    return df.assign(old_task=old.name, new_task=new.name)
+
+
+def dynamics_for(run_dir: str | Path, *, progress: bool = True, **kwargs) -> pd.DataFrame:
+    """:func:`training_dynamics` of ``run_dir``, stored as ``run_dir/dynamics.parquet`` and read back
+    when the arguments and the measuring code are unchanged."""
+    run_dir = Path(run_dir)
+    table, manifest = run_dir / DYNAMICS_FILE, run_dir / "dynamics.json"
+    key = {"arguments": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(kwargs.items())},
+           "code": code_fingerprint(DYNAMICS_CODE)}
+    if table.is_file() and manifest.is_file():
+        stored = read_json(manifest)
+        if {k: stored.get(k) for k in key} == key:
+            return pd.read_parquet(table)
+    df = training_dynamics(run_dir, progress=progress, **kwargs)
+    atomic_write_table(table, df)
+    atomic_write_json(manifest, {**key, **provenance()})
+    return df
+
+
+def onset_steps(dynamics: pd.DataFrame, fraction: float = 0.5) -> pd.DataFrame:
+    """Per measure (and any grouping column such as ``seed``): ``t50``, the first step at which
+    ``|x(s) - x(0)|`` reaches ``fraction`` of ``max_s |x(s) - x(0)|``, and ``total_change`` =
+    ``x(end) - x(0)``. A measure that never moves has ``t50`` NaN.
+
+    Comparing ``t50`` of a mechanism with ``t50`` of ``forgetting`` says which moved first.
+    """
+    if not 0 < fraction <= 1:
+        raise SpecError("fraction", f"must be in (0, 1], got {fraction}")
+    groups = [c for c in ("seed", "measure") if c in dynamics.columns]
+    df = dynamics[dynamics["layer"] == -1]
+    rows = []
+    for key, series in df.groupby(groups):
+        series = series.sort_values("step")
+        x, steps = series["value"].to_numpy(), series["step"].to_numpy()
+        moved = np.abs(x - x[0])
+        peak = moved.max()
+        t50 = float(steps[np.argmax(moved >= fraction * peak)]) if peak > 0 else float("nan")
+        rows.append({**dict(zip(groups, key if isinstance(key, tuple) else (key,))),
+                     "t50": t50, "total_change": float(x[-1] - x[0]), "peak_change": float(peak)})
+    return pd.DataFrame(rows)
