@@ -120,3 +120,43 @@ def test_flattening_and_heads_and_similarity_rules():
     assert row.value > 0.8 and row.verdict in ("holds", "holds partly")
     pairs["forg"] = rng.normal(size=len(pairs))
     assert ledger.similarity_row(pairs, similarity="sim", forgetting="forg").verdict == "does not hold"
+
+
+def test_trajectory_fractions_and_chart_spec():
+    from forgetting.viz.dynamics import mechanism_trajectories, trajectory_table
+
+    df = pd.DataFrame({
+        "step": [0, 10, 20] * 3, "layer": -1,
+        "measure": ["forgetting"] * 3 + ["drift"] * 3 + ["grad_cosine"] * 3,
+        "value": [0, 2, 4] + [0.0, 0.3, 0.2] + [-0.2, 0.0, -0.2],
+    })
+    table = trajectory_table(df).set_index(["measure", "step"])["fraction"]
+    assert table[("forgetting", 10)] == 0.5 and table[("drift", 20)] == pytest.approx(2 / 3)
+    assert table[("grad_cosine", 20)] == 0.0 and table[("grad_cosine", 10)] == 1.0
+    spec = mechanism_trajectories(df, title="t").to_dict()
+    assert spec["params"][0]["bind"]["options"] == ["drift", "grad_cosine"]
+    with pytest.raises(ValueError, match="no mechanism"):
+        mechanism_trajectories(df[df.measure == "forgetting"], title="t")
+
+
+def test_dynamics_checkers_accept_the_answer_and_name_the_slips():
+    from forgetting.exercises import ExerciseFeedback
+    from forgetting.exercises.dynamics import check_t50, check_verdict
+
+    def right(steps, values):
+        moved = np.abs(values - values[0])
+        return steps[np.argmax(moved >= 0.5 * moved.max())]
+
+    assert check_t50(right).startswith("Correct")
+    with pytest.raises(ExerciseFeedback, match="position in the array"):
+        check_t50(lambda s, v: np.argmax(np.abs(v - v[0]) >= 0.5 * np.abs(v - v[0]).max()))
+    with pytest.raises(ExerciseFeedback, match="FINAL change"):
+        check_t50(lambda s, v: s[np.argmax(np.abs(v - v[0]) >= 0.5 * abs(v[-1] - v[0]))])
+
+    def overlap(low, high, paper):
+        return "smaller" if high < paper[0] else "larger" if low > paper[1] else "consistent"
+
+    assert check_verdict(overlap).startswith("Correct")
+    with pytest.raises(ExerciseFeedback, match="contains the whole"):
+        check_verdict(lambda lo, hi, p: "consistent" if p[0] <= lo <= p[1] or p[0] <= hi <= p[1]
+                      else "smaller" if hi < p[0] else "larger")
