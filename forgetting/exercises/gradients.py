@@ -1,0 +1,115 @@
+"""Checkers for chapter 02 (gradient interference): a conflict rate from an alignment table, and an
+old-vs-new cosine judged against the split-half null of the old task.
+
+>>> from forgetting.exercises.gradients import check_conflict_rate, check_corrected_cosine
+>>> check_conflict_rate(lambda alignment: ...)        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from forgetting.exercises import ExerciseFeedback
+from forgetting.mechanisms.gradients import compare_with_null, conflict_rate
+
+
+def alignment_case() -> pd.DataFrame:
+    """A small alignment table in the format of ``analysis_for(...)["gradients"]`` where the usual slips
+    (counting matrix or layer rows, keeping NaN cosines in the denominator, counting a cosine of exactly 0
+    as a conflict, returning a count) each give a different answer from the right one (4 of 11 heads)."""
+    rows = [
+        # unit, kind, layer, head, cosine
+        ("head", "q", 0, 0, -0.31), ("head", "q", 0, 1, 0.12), ("head", "k", 0, 0, -0.05),
+        ("head", "v", 0, 0, 0.0), ("head", "o", 0, 0, 0.44), ("head", "o", 0, 1, np.nan),
+        ("head", "q", 1, 0, 0.27), ("head", "q", 1, 1, -0.62), ("head", "k", 1, 0, 0.08),
+        ("head", "v", 1, 0, -0.18), ("head", "v", 1, 1, 0.33), ("head", "o", 1, 0, 0.51), ("head", "o", 1, 1, np.nan),
+        ("matrix", "q", 0, None, -0.2), ("matrix", "q", 1, None, -0.1), ("matrix", "k", 0, None, -0.3),
+        ("matrix", "gate", 0, None, -0.4), ("layer", "all", 0, None, -0.15), ("model", "all", None, None, -0.05),
+    ]
+    df = pd.DataFrame(rows, columns=["unit", "kind", "layer", "head", "cosine"])
+    df["layer"] = df["layer"].astype("Int64")
+    df["head"] = df["head"].astype("Int64")
+    return df
+
+
+def _as_float(value, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ExerciseFeedback(f"your function returned {value!r}; return {what} (a float)") from None
+
+
+def check_conflict_rate(fn: Callable[[pd.DataFrame], float]) -> str:
+    """Check ``fn(alignment) -> float``: the fraction of attention heads with a negative old-vs-new cosine,
+    among the heads whose cosine is defined (``unit == "head"``, ``cosine < 0``, NaN rows left out)."""
+    case = alignment_case()
+    want = float(conflict_rate(case, unit="head")["conflict_rate"].iloc[0])
+    got = _as_float(fn(case.copy()), "the conflict rate")
+    if np.isclose(got, want):
+        return f"Correct: {got:.2f} of the heads with a defined cosine conflict (cosine < 0)."
+    heads = case[case["unit"] == "head"]
+    defined = heads[heads["cosine"].notna()]
+    everything = case[case["cosine"].notna()]
+    if np.isclose(got, (everything["cosine"] < 0).mean()):
+        raise ExerciseFeedback("you counted every row; the table also holds matrix, layer and model rows "
+                               "(column `unit`). Keep the head rows only: unit == 'head'")
+    if np.isclose(got, (defined["cosine"] < 0).sum() / len(heads)):
+        raise ExerciseFeedback("two heads have no cosine (NaN: a gradient norm of 0) and you kept them in the "
+                               "denominator; a head without a cosine is neither in conflict nor aligned, leave it out")
+    if np.isclose(got, (defined["cosine"] <= 0).mean()):
+        raise ExerciseFeedback("a cosine of exactly 0 is orthogonal, not a conflict: count cosine < 0, not <= 0")
+    if np.isclose(got, (defined["cosine"] > 0).mean()) or np.isclose(got, 1 - want):
+        raise ExerciseFeedback("that is the fraction of heads that AGREE; a conflict is a negative cosine")
+    if np.isclose(got, (defined["cosine"] < 0).sum()):
+        raise ExerciseFeedback("that is the number of conflicting heads; divide by the number of heads with a "
+                               "defined cosine to get a rate")
+    raise ExerciseFeedback(f"on this table (alignment_case()) the conflict rate is {want:.4f}, your function gave "
+                           f"{got:.4f}. Keep unit == 'head' rows with a defined cosine; the rate is the fraction "
+                           "with cosine < 0.")
+
+
+# (old-vs-new cosine, split-half null cosine of the old task): a reliable direction, a half-reliable one,
+# a noisy one (null near 0) and two without any reproducible direction (null <= 0).
+_NULL_CASES = [(-0.30, 0.80), (-0.12, 0.25), (0.05, 0.04), (-0.40, 0.0), (-0.20, -0.15)]
+
+
+def _reference_corrected(cosine: float, null_cosine: float) -> float:
+    table = pd.DataFrame({"unit": ["head"], "name": ["w"], "layer": [0], "group": ["attention"], "kind": ["q"],
+                          "part": ["weight"], "head": [0], "head_type": ["query"], "cosine": [cosine]})
+    null = table.assign(cosine=[null_cosine], split=[0])
+    return float(compare_with_null(table, null)["corrected_cosine"].iloc[0])
+
+
+def check_corrected_cosine(fn: Callable[[float, float], float]) -> str:
+    """Check ``fn(cosine, null_cosine) -> float``: the old-vs-new cosine corrected for the noise in the old
+    task's gradient, ``cosine / sqrt(R)`` with the Spearman-Brown reliability ``R = 2c / (1 + c)`` of the
+    full-sample gradient (c = the split-half cosine), and NaN where ``c <= 0`` (no reproducible direction)."""
+    for cosine, c in _NULL_CASES:
+        want = _reference_corrected(cosine, c)
+        got = _as_float(fn(cosine, c), "the corrected cosine (or NaN)")
+        if math.isnan(want):
+            if not math.isnan(got):
+                raise ExerciseFeedback(f"with a split-half cosine of {c} the old task has no reproducible gradient "
+                                       "direction (the two halves of its own data do not agree): there is nothing "
+                                       f"to correct, return float('nan'); you returned {got:.4f}")
+            continue
+        if not math.isnan(got) and np.isclose(got, want):
+            continue
+        if np.isclose(got, cosine / math.sqrt(c)):
+            raise ExerciseFeedback("you divided by sqrt(c), the reliability of a HALF-sample gradient; the cosine was "
+                                   "measured with the full sample, whose reliability is Spearman-Brown R = 2c / (1 + c)")
+        if np.isclose(got, cosine / (2 * c / (1 + c))):
+            raise ExerciseFeedback("a cosine is attenuated by the square root of the reliability: divide by sqrt(R), not R")
+        if np.isclose(got, cosine * math.sqrt(2 * c / (1 + c))):
+            raise ExerciseFeedback("noise shrinks the cosine towards 0, so the correction must make it larger in size: "
+                                   "divide by sqrt(R), don't multiply")
+        raise ExerciseFeedback(f"for cosine = {cosine}, split-half cosine c = {c}: the corrected cosine is {want:.4f}, "
+                               f"your function gave {got:.4f}. R = 2c / (1 + c), corrected = cosine / sqrt(R).")
+    return "Correct: corrected = cosine / sqrt(2c / (1 + c)), and undefined where the old task's own halves disagree."
+
+
+__all__ = ["alignment_case", "check_conflict_rate", "check_corrected_cosine"]
