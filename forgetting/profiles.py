@@ -19,10 +19,16 @@ from forgetting import paths
 from forgetting.errors import SpecError
 from forgetting.experiments import ExperimentSpec, load_spec
 
+# "sweep": the task-similarity sweep of forgetting.similarity.pairwise_sweep (every ordered pair of
+# "tasks", each trained for "steps" steps).
 PROFILES = {
-    "quick": {"spec": "quick.yaml", "seeds": (0,)},
-    "full": {"spec": "full.yaml", "seeds": (0, 1, 2, 3, 4)},
-    "gpu": {"spec": "gpu.yaml", "seeds": (0, 1, 2)},
+    "quick": {"spec": "quick.yaml", "seeds": (0,),
+              "sweep": {"tasks": ("recall_city", "recall_job", "update_city", "sort"), "steps": 100}},
+    "full": {"spec": "full.yaml", "seeds": (0, 1, 2, 3, 4),
+             "sweep": {"tasks": ("recall_city", "recall_job", "recall_color", "update_city", "sort", "reverse"),
+                       "steps": 200}},
+    "gpu": {"spec": "gpu.yaml", "seeds": (0, 1, 2),
+            "sweep": {"tasks": ("recall_city", "recall_job", "update_city", "sort", "reverse"), "steps": 300}},
 }
 
 
@@ -35,6 +41,11 @@ def _check(profile: str) -> dict:
 def seeds(profile: str) -> tuple[int, ...]:
     """The seeds a profile runs."""
     return _check(profile)["seeds"]
+
+
+def sweep_settings(profile: str) -> dict:
+    """The profile's task-similarity sweep: ``{"tasks": (...), "steps": steps per task}``."""
+    return _check(profile)["sweep"]
 
 
 def experiment_spec(profile: str = "quick", *, model: str | None = None, seed: int | None = None, **overrides) -> ExperimentSpec:
