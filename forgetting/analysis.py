@@ -188,6 +188,19 @@ def load_analysis(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     return {name: pd.read_parquet(folder / f"{name}.parquet") for name in TABLES}
 
 
+def _analysis_is_current(folder: Path, wanted: dict) -> bool:
+    """Whether ``folder/analysis`` was made with the ``wanted`` arguments by the current mechanism code."""
+    from forgetting.results import read_json
+
+    manifest = folder / ANALYSIS_DIR / "manifest.json"
+    if not manifest.is_file():
+        return False
+    stored = read_json(manifest)
+    return (all(stored.get(k) == v for k, v in wanted.items())
+            and stored.get("analysis_code") == code_fingerprint(ANALYSIS_CODE)
+            and all((manifest.parent / f"{t}.parquet").is_file() for t in TABLES))
+
+
 def analysis_for(
     run_dir: str | Path,
     *,
@@ -200,19 +213,19 @@ def analysis_for(
     """The analysis tables of ``run_dir``: read back when a stored analysis was made with the same
     arguments by the same mechanism code, else computed by :func:`analyze_run` (and stored).
 
-    This is what chapters call: the first chapter that needs the report pays for it, later ones read it.
+    A published run (tables only, :mod:`forgetting.publish`) whose tables are stale is re-run into
+    the cache and analysed there. This is what chapters call: the first chapter that needs the report
+    pays for it, later ones read it.
     """
-    from forgetting.results import read_json
+    from forgetting.publish import cache_twin, with_weights
 
-    manifest_file = Path(run_dir) / ANALYSIS_DIR / "manifest.json"
-    if manifest_file.is_file():
-        stored = read_json(manifest_file)
-        same = (stored.get("stages") == (_all_stages(load_run(run_dir)) if stages is None else list(stages)) and stored.get("n_examples") == n_examples
-                and stored.get("hessian_iters") == hessian_iters and stored.get("nulls") == nulls
-                and stored.get("analysis_code") == code_fingerprint(ANALYSIS_CODE)
-                and all((manifest_file.parent / f"{t}.parquet").is_file() for t in TABLES))
-        if same:
-            return load_analysis(run_dir)
-    analyze_run(run_dir, stages=stages, n_examples=n_examples, hessian_iters=hessian_iters, nulls=nulls,
+    run_dir = Path(run_dir)
+    wanted = {"stages": _all_stages(load_run(run_dir)) if stages is None else list(stages),
+              "n_examples": n_examples, "hessian_iters": hessian_iters, "nulls": nulls}
+    for folder in (run_dir, cache_twin(run_dir)):
+        if _analysis_is_current(folder, wanted):
+            return load_analysis(folder)
+    source = with_weights(run_dir, progress=progress)
+    analyze_run(source, stages=stages, n_examples=n_examples, hessian_iters=hessian_iters, nulls=nulls,
                 progress=progress)
-    return load_analysis(run_dir)
+    return load_analysis(source)

@@ -86,12 +86,10 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from forgetting.profiles import experiment_spec, run_cached, seeds
+    from forgetting.publish import make_results
 
-    for seed in seeds(args.profile):
-        spec = experiment_spec(args.profile, seed=seed)
-        out = run_cached(spec, progress=not args.quiet, publish=True)
-        print(f"{spec.name} seed {seed}: {out}")
+    for folder in make_results(args.profile, progress=not args.quiet):
+        print(f"published {folder}")
     return 0
 
 

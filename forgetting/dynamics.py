@@ -170,18 +170,21 @@ def training_dynamics(
 
 def dynamics_for(run_dir: str | Path, *, progress: bool = True, **kwargs) -> pd.DataFrame:
     """:func:`training_dynamics` of ``run_dir``, stored as ``run_dir/dynamics.parquet`` and read back
-    when the arguments and the measuring code are unchanged."""
+    when the arguments and the measuring code are unchanged (a stale published run is re-run into the
+    cache first: :mod:`forgetting.publish`)."""
+    from forgetting.publish import cache_twin, with_weights
+
     run_dir = Path(run_dir)
-    table, manifest = run_dir / DYNAMICS_FILE, run_dir / "dynamics.json"
     key = {"arguments": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(kwargs.items())},
            "code": code_fingerprint(DYNAMICS_CODE)}
-    if table.is_file() and manifest.is_file():
-        stored = read_json(manifest)
-        if {k: stored.get(k) for k in key} == key:
+    for folder in (run_dir, cache_twin(run_dir)):
+        table, manifest = folder / DYNAMICS_FILE, folder / "dynamics.json"
+        if table.is_file() and manifest.is_file() and {k: read_json(manifest).get(k) for k in key} == key:
             return pd.read_parquet(table)
-    df = training_dynamics(run_dir, progress=progress, **kwargs)
-    atomic_write_table(table, df)
-    atomic_write_json(manifest, {**key, **provenance()})
+    source = with_weights(run_dir, progress=progress)
+    df = training_dynamics(source, progress=progress, **kwargs)
+    atomic_write_table(source / DYNAMICS_FILE, df)
+    atomic_write_json(source / "dynamics.json", {**key, **provenance()})
     return df
 
 

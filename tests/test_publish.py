@@ -1,0 +1,46 @@
+"""Published results: tables only, found by name, recomputed from a re-run when stale."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from forgetting.analysis import analysis_for
+from forgetting.publish import cache_twin, has_weights, publish_run, with_weights
+from tests.conftest import small_spec
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from forgetting.experiments import parse_spec
+    from forgetting.train.sequence import run_experiment
+
+    spec = parse_spec(small_spec(sequence=["recall_city", "recall_job"], eval={"every": 0}))
+    return run_experiment(spec, tmp_path_factory.mktemp("p") / "test-run", progress=False)
+
+
+def test_publish_copies_tables_not_weights_and_replaces_in_one_move(finished, tmp_path):
+    analysis_for(finished, n_examples=8, hessian_iters=4, nulls=False, progress=False)
+    out = publish_run(finished, tmp_path)
+    assert out == tmp_path / "test-run" and not has_weights(out) and has_weights(finished)
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "state.json", "evals.parquet", "train_log.parquet",
+                                              "analysis"}
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "evals.parquet"), pd.read_parquet(finished / "evals.parquet"))
+    again = publish_run(finished, tmp_path)
+    assert again == out and [p.name for p in tmp_path.iterdir()] == ["test-run"]  # no staging or .old left
+    with pytest.raises(ValueError, match="not a finished run"):
+        publish_run(tmp_path, tmp_path / "x")
+
+
+def test_a_published_run_is_read_as_is_and_rerun_in_the_cache_when_stale(finished, tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETTING_CACHE", str(tmp_path / "cache"))
+    first = analysis_for(finished, n_examples=8, hessian_iters=4, nulls=False, progress=False)
+    published = publish_run(finished, tmp_path / "results")
+    read = analysis_for(published, n_examples=8, hessian_iters=4, nulls=False, progress=False)
+    pd.testing.assert_frame_equal(read["drift"], first["drift"])
+    assert not cache_twin(published).exists()  # current tables: nothing re-run
+    other = analysis_for(published, n_examples=6, hessian_iters=4, nulls=False, progress=False)  # stale: re-run
+    twin = cache_twin(published)
+    assert has_weights(twin) and with_weights(published) == twin
+    pd.testing.assert_frame_equal(pd.read_parquet(twin / "evals.parquet"), pd.read_parquet(finished / "evals.parquet"))
+    assert len(other["drift"]) == len(first["drift"])
