@@ -1,0 +1,127 @@
+"""Checkers for chapter 04 (loss-landscape flattening): the top eigenvalue by power iteration, and
+Hutchinson's trace estimator.
+
+Each checker runs the reader's function on small symmetric matrices whose answers are known and where
+the usual slips give recognisably different numbers, and raises
+:class:`forgetting.exercises.ExerciseFeedback` with a message that says what went wrong.
+
+>>> from forgetting.exercises.landscape import check_top_eigenvalue
+>>> check_top_eigenvalue(lambda A, n_iter=200: ...)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from forgetting.exercises import ExerciseFeedback
+
+
+def _symmetric(eigenvalues: list[float], seed: int) -> np.ndarray:
+    """Q diag(eigenvalues) Q^T with a random orthogonal Q (seeded)."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.normal(size=(len(eigenvalues), len(eigenvalues))))
+    return (Q * np.asarray(eigenvalues, dtype=float)) @ Q.T
+
+
+#: (name, eigenvalues): a minimum-like spectrum (top one dominates) and a forgetting-like one whose
+#: most negative eigenvalue is the largest in magnitude.
+EIGEN_CASES = [
+    ("a positive-definite matrix (like a Hessian at a minimum)", [9.0, 4.0, 2.5, 1.0, 0.5, 0.1]),
+    ("a matrix whose most negative eigenvalue dominates (like a Hessian after forgetting)",
+     [5.0, 2.0, 0.5, -1.0, -3.0, -8.0]),
+    ("an indefinite matrix with close top eigenvalues", [6.0, 5.5, 1.0, -2.0, -5.9, 0.3]),
+]
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, np.ndarray) and value.size > 1:
+        raise ExerciseFeedback(f"your function returned an array of shape {value.shape}; return the eigenvalue "
+                               f"(a number), e.g. the Rayleigh quotient v @ A @ v of the unit vector v ({what})")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ExerciseFeedback(f"your function returned {value!r}; return one number ({what})") from None
+
+
+def check_top_eigenvalue(fn: Callable[..., float], *, rtol: float = 1e-3) -> str:
+    """Check ``fn(A, n_iter=...) -> float``: the algebraically largest eigenvalue of a symmetric ``A``.
+
+    The cases include a spectrum whose most negative eigenvalue is the largest in magnitude: plain power
+    iteration returns that one (or its absolute value) and is told so.
+    """
+    for i, (name, eig) in enumerate(EIGEN_CASES):
+        A = _symmetric(eig, seed=10 + i)
+        want = max(eig)
+        got = _number(fn(A.copy(), n_iter=500), "the largest eigenvalue")
+        if np.isclose(got, want, rtol=rtol, atol=1e-6):
+            continue
+        largest_magnitude = max(eig, key=abs)
+        if np.isclose(got, largest_magnitude, rtol=1e-2) and largest_magnitude != want:
+            raise ExerciseFeedback(
+                f"on {name} you returned {got:.4f}, the eigenvalue of largest MAGNITUDE; the largest is {want}. "
+                "Power iteration converges to max |lambda|. Shift: iterate with A + c I where c >= ||A|| "
+                "(e.g. the largest absolute row sum), then report the Rayleigh quotient v @ A @ v. Lanczos "
+                "(forgetting.mechanisms.landscape.lanczos) gives both ends without a shift.")
+        if np.isclose(got, abs(largest_magnitude), rtol=1e-2) and abs(largest_magnitude) != want:
+            raise ExerciseFeedback(
+                f"on {name} you returned {got:.4f} = |{largest_magnitude}|: the norm ||A v|| gives the magnitude "
+                "and loses the sign. Use the Rayleigh quotient v @ A @ v, and shift A so that the largest "
+                "eigenvalue is also the largest in magnitude.")
+        if np.isclose(got, want + np.abs(A).sum(axis=1).max(), rtol=1e-2):
+            raise ExerciseFeedback("you returned the top eigenvalue of the SHIFTED matrix A + c I: subtract c, or "
+                                   "take the Rayleigh quotient with A itself")
+        raise ExerciseFeedback(f"on {name} with eigenvalues {eig} the largest is {want}; your function gave "
+                               f"{got:.4f}. Normalise v after every product and return v @ A @ v.")
+    return "Correct: the algebraically largest eigenvalue, also when a negative one is larger in magnitude."
+
+
+def _trace_cases() -> list[tuple[str, np.ndarray]]:
+    return [
+        ("a matrix with a few large eigenvalues", _symmetric([50.0, 20.0, 5.0] + [0.1] * 37, seed=3)),
+        ("an indefinite matrix", _symmetric(list(np.linspace(-3.0, 6.0, 30)), seed=4)),
+    ]
+
+
+def check_hutchinson(fn: Callable[..., float], *, m: int = 4000) -> str:
+    """Check ``fn(matvec, dim, m, seed=0) -> float``: Hutchinson's estimate of ``tr(A)`` from ``m`` products.
+
+    The estimate must land within 5 standard errors of the exact trace; the function must call
+    ``matvec`` exactly ``m`` times and work with the matrix only through ``matvec``.
+    """
+    for name, A in _trace_cases():
+        calls = [0]
+
+        def matvec(v, A=A):
+            calls[0] += 1
+            v = np.asarray(v, dtype=float)
+            if v.shape != (len(A),):
+                raise ExerciseFeedback(f"matvec takes one vector of shape ({len(A)},); you passed shape {v.shape}")
+            return A @ v
+
+        got = _number(fn(matvec, len(A), m, seed=0), "the trace estimate")
+        want = float(np.trace(A))
+        # Rademacher variance: 2 (||A||_F^2 - sum_i A_ii^2)
+        sd = float(np.sqrt(2 * (np.sum(A**2) - np.sum(np.diag(A) ** 2)) / m))
+        if calls[0] != m:
+            raise ExerciseFeedback(f"your function called matvec {calls[0]} times; use exactly m = {m} products "
+                                   "(one per random vector)")
+        if abs(got - want) <= 5 * sd + 1e-9:
+            continue
+        if abs(got / m - want) <= 5 * sd + 1e-9:
+            raise ExerciseFeedback("your estimate is m times too large: average g^T A g over the m vectors, "
+                                   "do not just sum them")
+        if abs(got - want / len(A)) <= 5 * sd / len(A) + 1e-9:
+            raise ExerciseFeedback("you divided by the dimension: E[g^T A g] is already the trace for +-1 "
+                                   "vectors (E[g_i g_j] = delta_ij); average over the m vectors only")
+        frob = float(np.sum(A**2))
+        if abs(got - frob) <= 0.2 * frob:
+            raise ExerciseFeedback("that looks like ||A||_F^2 = E[|A g|^2]: use g . (A g), not (A g) . (A g)")
+        raise ExerciseFeedback(f"on {name} the trace is {want:.3f}; your estimate {got:.3f} is more than 5 "
+                               f"standard errors ({sd:.3f}) away. Draw g with entries +-1 (equally likely), "
+                               "and average g @ matvec(g).")
+    return "Correct: E[g^T A g] = tr(A) for vectors with independent +-1 entries."
+
+
+__all__ = ["EIGEN_CASES", "check_hutchinson", "check_top_eigenvalue"]
