@@ -43,7 +43,7 @@ from forgetting.results import atomic_write_json, atomic_write_table, provenance
 DYNAMICS_SEQUENCE = ("recall_city", "recall_job")
 DYNAMICS_FILE = "dynamics.parquet"
 DYNAMICS_CODE = ("dynamics.py", "analysis.py", "mechanisms")
-#: Fractions of the stage at which snapshots are analysed: dense early, where forgetting happens.
+#: Fractions of the stage at which snapshots are analysed (dense early, where forgetting happens).
 DEFAULT_POINTS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 #: What each measure means (for chart labels and the chapter's table).
 MEASURES = {

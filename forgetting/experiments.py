@@ -157,7 +157,7 @@ def _spec_error(exc: ValidationError) -> SpecError:
 
 
 def parse_spec(data: object, source: str = "spec") -> ExperimentSpec:
-    """Validate a mapping into an :class:`ExperimentSpec`; raises :class:`SpecError`."""
+    """Validate a mapping into an :class:`ExperimentSpec`; raises :class:`~forgetting.errors.SpecError`."""
     if not isinstance(data, dict):
         raise SpecError(source, f"must be a mapping of keys to values, got {type(data).__name__}")
     try:
@@ -184,7 +184,7 @@ def _check_model(spec: ExperimentSpec) -> None:
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read and validate a YAML spec (``yaml.safe_load``); every problem raises :class:`SpecError`."""
+    """Read and validate a YAML spec (``yaml.safe_load``); every problem raises :class:`~forgetting.errors.SpecError`."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("SPEC", f"no such file: {path}")

@@ -66,6 +66,7 @@ __all__ = [
     "u_centered_gram",
 ]
 
+#: The readouts of ``(batch, seq, d)`` hidden states (module docstring).
 READOUTS = ("last", "mean", "tokens")
 OnConstant = Literal["nan", "raise"]
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -556,7 +557,7 @@ def cka_by_layer(
         readout: ``"last"``, ``"mean"`` or ``"tokens"`` (module docstring).
 
     Returns:
-        long DataFrame, one row per layer: ``layer`` (int), ``cka`` (float, NaN where undefined),
+        pandas.DataFrame: long, one row per layer, ``layer`` (int), ``cka`` (float, NaN where undefined),
         ``readout``, ``n`` (number of examples after the readout), ``debiased`` (bool), ``note`` (why
         CKA is undefined for that layer, e.g. "X is constant across examples"; "" otherwise; X is
         ``hiddens_a``).

@@ -7,7 +7,7 @@ the closing eos, see :mod:`forgetting.tasks.encoding`), and the task loss is the
     L_X(theta) = (1 / |T_X|) * sum_{t in T_X} -log p_theta(y_t | y_<t)
     g_X        = dL_X / dtheta                                    (:func:`task_gradients`)
 
-computed with ONE backward pass per batch of examples (the batch's target-token loss sum divided by |T_X| is
+computed with ONE backward pass per batch of examples (the batch's target-token loss sum divided by ``|T_X|`` is
 back-propagated and the batch gradients are added), in eval mode (no dropout).
 
 Units. A gradient is a dict ``{parameter name: tensor}``. :func:`gradient_alignment` compares two such
@@ -105,10 +105,12 @@ __all__ = [
 
 Gradients = dict[str, torch.Tensor]
 UNITS = ("matrix", "head", "expert", "layer", "model")
+#: The columns of an alignment table (:func:`gradient_alignment`), in order.
 ALIGNMENT_COLUMNS = (
     "unit", "name", "layer", "group", "kind", "part", "head", "head_type", "numel", "dot", "norm_a", "norm_b", "cosine",
 )
-UNIT_KEYS = ("unit", "name", "layer", "group", "kind", "part", "head", "head_type")  # identify a unit across steps
+#: The columns that identify a unit (a matrix, head, expert, layer or the model) across steps.
+UNIT_KEYS = ("unit", "name", "layer", "group", "kind", "part", "head", "head_type")
 GROUPS = ("attention", "mlp", "norm", "embedding", "other")
 
 _PEFT_PREFIX = "base_model.model."
@@ -867,9 +869,9 @@ def observed_vs_predicted(
     linear in W, so it misses only the curvature of L, not the bilinearity of B A).
 
     Returns:
-        one row per b: ``snapshot_a, snapshot_b, step_b`` (from the snapshot's meta.json), ``loss_a,
+        pandas.DataFrame: one row per b, ``snapshot_a, snapshot_b, step_b`` (from the snapshot's meta.json), ``loss_a,
         loss_b, observed`` (loss_b - loss_a), ``predicted`` (g.delta), ``predicted_effective`` (LoRA, else
-        NaN), ``relative_error`` = (predicted - observed) / |observed|, ``grad_norm``, ``delta_norm`` and
+        NaN), ``relative_error`` = ``(predicted - observed) / |observed|``, ``grad_norm``, ``delta_norm`` and
         ``cosine`` = cos(g_old, delta). Cost: one backward pass per batch at a, one forward pass per batch
         at each b.
     """

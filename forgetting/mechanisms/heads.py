@@ -134,7 +134,7 @@ NULL_KINDS = ("continue", "reseed")
 Positions = Literal["all", "target"]
 Ablation = Literal["mean", "zero"]
 
-# metric -> how its value becomes a disruption score (higher = more disrupted)
+#: metric -> how its value becomes a disruption score (higher = more disrupted)
 DISRUPTION_METRICS: dict[str, str] = {
     "js_divergence": "value",
     "entropy_change": "abs",
@@ -231,7 +231,7 @@ class HeadRecord:
 
     @property
     def ablation_effect(self) -> torch.Tensor | None:
-        """(L, H) float64: ``loss(head ablated) - loss(intact)``, or None without ablation."""
+        """``loss(head ablated) - loss(intact)`` per head, an (L, H) float64 tensor, or None without ablation."""
         return None if self.ablation_loss is None else self.ablation_loss - self.loss
 
     def row_weights(self) -> torch.Tensor:

@@ -101,8 +101,10 @@ class HessianOperator:
     :meth:`matvec` reuses that graph (retain_graph=True) and increments :attr:`n_matvecs`.
 
     Attributes:
-        params: the tensors, in order. dim: N = total number of entries.
-        loss: the loss value (float). n_matvecs: Hessian-vector products computed so far.
+        params: the tensors, in order.
+        dim: N = total number of entries.
+        loss: the loss value (float).
+        n_matvecs: Hessian-vector products computed so far.
 
     Parameters the loss does not depend on (or depends on only linearly) get zero rows/columns in H.
     Flat vectors are float64 (N,) or (N, b); they are cast to each parameter's dtype for the product.
@@ -212,7 +214,7 @@ class LanczosResult:
     """Outcome of :func:`lanczos`.
 
     eigenvalues: (k',) wanted Ritz values, sorted descending. eigenvectors: (N, k') float64 Ritz
-    vectors (unit norm) or None. residuals: (k',) ||H y - theta y|| = beta_m |s_m| for each (an
+    vectors (unit norm) or None. residuals: (k',) ``||H y - theta y|| = beta_m |s_m|`` for each (an
     eigenvalue of H lies within that distance). ritz_values: all m Ritz values, descending.
     """
 
@@ -257,16 +259,18 @@ def lanczos(
     Iteration j: w = A q_j; alpha_j = q_j . w; w -= alpha_j q_j + beta_{j-1} q_{j-1}; then w is
     re-orthogonalised twice against all previous q (classical Gram-Schmidt, float64), beta_j = ||w||,
     q_{j+1} = w / beta_j. T_m = tridiag(beta, alpha, beta); its eigenpairs (theta_i, s_i) give Ritz
-    values theta_i and residual norms r_i = beta_m |s_i[m-1]|.
+    values theta_i and residual norms ``r_i = beta_m |s_i[m-1]|``.
 
     Stopping rule (checked once at least k (2k for "both") Ritz values exist): every wanted Ritz value
-    theta_i satisfies one of
+    theta_i satisfies one of::
+
       (a) r_i <= tol * max_j |theta_j|  (an eigenvalue of A lies within r_i of theta_i);
       (b) r_i^2 / gap_i <= tol * |theta_i| and theta_i changed by < tol * |theta_i| in the last
           iteration, with gap_i the distance to the nearest other Ritz value (the a-posteriori error
           estimate |theta_i - lambda| <~ r_i^2 / gap; the gap is estimated from the Ritz values, hence
           the extra change condition);
       (c) theta_i changed by < tol * |theta_i| relative on each of the last two iterations.
+
     With ``return_eigenvectors=True`` only (a) counts, so that every returned Ritz vector y has
     ||A y - theta y|| <= tol * max|theta| (eigenvalue errors are ~ r^2, eigenvector errors ~ r).
     Also stops when the Krylov space is exhausted (dim reached) or after ``max_iter``.
@@ -275,12 +279,15 @@ def lanczos(
     vector spans one copy of each eigenspace).
 
     Args:
-        matvec: (dim,) float64 -> (dim,) float64, symmetric. dim: N.
+        matvec: (dim,) float64 -> (dim,) float64, symmetric.
+        dim: N.
         k: number of eigenvalues wanted (per end for ``"both"``).
         which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"both"`` k from each end,
             ``"LM"`` largest magnitude.
-        max_iter: maximum number of matvecs (clamped to dim). tol: relative tolerance.
-        seed: seed of the Gaussian start vector. return_eigenvectors: also return Ritz vectors.
+        max_iter: maximum number of matvecs (clamped to dim).
+        tol: relative tolerance.
+        seed: seed of the Gaussian start vector.
+        return_eigenvectors: also return Ritz vectors.
     """
     if which not in WHICH:
         raise ValueError(f"which: expected one of {WHICH}, got {which!r}")
@@ -522,6 +529,7 @@ def hessian_trace(
 # parameter selection
 # ---------------------------------------------------------------------------------------------------
 
+#: Named regular expressions over parameter names for :func:`select_parameters`.
 PARAMETER_PRESETS: dict[str, str] = {
     "attention": r"(self_attn|attention|attn)\.",
     "attention_qkvo": (
@@ -754,12 +762,11 @@ def plane_2d(
     """Losses on the plane through three snapshots: theta(x, y) = origin + x u + y v.
 
     (u, v) is the Gram-Schmidt basis of :func:`plane_coordinates`, so x and y are in parameter-space
-    units (Euclidean distance over the named tensors).
+    units (Euclidean distance over the named tensors). The other arguments are as in :func:`interpolate_1d`.
 
     Args:
         grid: ``n`` for an n x n grid spanning the three points' coordinates plus ``margin`` times the
             span on each side, or ``(xs, ys)`` two 1-D sequences of coordinates.
-        other arguments as in :func:`interpolate_1d`.
 
     Returns:
         DataFrame (x, y, task, loss), one row per grid point and task. ``df.attrs["points"]`` holds the

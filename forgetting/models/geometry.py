@@ -204,7 +204,7 @@ class AttentionGeometry:
 
     @property
     def total_heads(self) -> int:
-        """Query heads in the whole model: ``num_layers * num_heads``."""
+        """Query heads in the whole model, ``num_layers * num_heads``."""
         return self.num_layers * self.num_heads
 
     def kv_head(self, head: int) -> int:

@@ -1,4 +1,4 @@
-"""Adapter: a Hugging Face ``datasets.Dataset`` with prompt/target columns becomes a :class:`Task`.
+"""Adapter: a Hugging Face ``datasets.Dataset`` with prompt/target columns becomes a :class:`~forgetting.tasks.families.Task`.
 
 Colab users run real tasks this way::
 

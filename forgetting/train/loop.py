@@ -82,7 +82,7 @@ def train_task(
     ``batch_size`` is the global batch (all processes, all accumulation micro-steps); it must split
     evenly into ``grad_accum x num_processes`` shares. ``on_step(step, loss, lr)`` is called after each
     optimizer step on every process (1-based ``step``). A non-finite loss raises
-    :class:`TrainingDiverged` on every process at once (the loss is all-reduced before the check).
+    :class:`~forgetting.errors.TrainingDiverged` on every process at once (the loss is all-reduced before the check).
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     if batch_size % (grad_accum * world):

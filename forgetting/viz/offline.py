@@ -26,7 +26,7 @@ import altair as alt
 RENDERER_NAME = "forgetting"
 BUNDLE_NAME = "forgetting-vega.js"
 
-#: Embed options: SVG output (crisp text, inspectable marks), export actions only (no links that
+#: Embed options for vega-embed. SVG output (crisp text, inspectable marks), export actions only (no links that
 #: leave the page such as "Open in Vega Editor").
 EMBED_OPTIONS: dict[str, Any] = {
     "renderer": "svg",
