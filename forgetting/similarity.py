@@ -89,6 +89,12 @@ state B's training starts from. At theta_A (the snapshot after A) of each pair::
 A converged A has a small, noisy gradient (SCIENCE.md), so the second, which does not need g_A, is the
 steadier one: negative means B's first steps point back against A's change.
 
+**Similarity against forgetting** (:func:`pair_table`, :func:`similarity_correlations`,
+:func:`quadratic_peak`). The pairs of a sweep share tasks, so correlations are bootstrapped over TASKS
+(the cluster bootstrap of :mod:`forgetting.stats`), not over pairs. The intermediate-similarity peak
+(Ramasesh et al. 2020) is tested with a quadratic ``f = b0 + b1 s + b2 s^2``: a peak inside the data needs
+b2 < 0 (its interval below 0) and the vertex ``s* = -b1 / (2 b2)`` inside the observed range of s.
+
 Bad input (unknown task, unknown measure, fewer than two tasks, repeated tasks, unknown profile) raises
 :class:`forgetting.errors.SpecError` naming the field and the allowed values, before any work.
 """
@@ -107,7 +113,9 @@ import pandas as pd
 from forgetting.errors import SpecError
 
 __all__ = [
+    "FORGETTING_MEASURES",
     "MEASURES",
+    "PAIR_SIMILARITIES",
     "SIMILARITY_COLUMNS",
     "SWEEP_COLUMNS",
     "answer_overlap",
@@ -119,6 +127,9 @@ __all__ = [
     "jaccard",
     "pairwise_sweep",
     "representation_similarity",
+    "pair_table",
+    "quadratic_peak",
+    "similarity_correlations",
     "similarity_matrix",
     "sweep_alignment",
     "sweep_spec",
@@ -652,3 +663,130 @@ def sweep_alignment(sweep: pd.DataFrame, *, n_examples: int = 64, batch_size: in
         atomic_write_table(cache, frame)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else _frame([])
+
+
+# ---------------------------------------------------------------------------------------------------
+# similarity against forgetting
+# ---------------------------------------------------------------------------------------------------
+
+#: The aggregate similarity measures a pair table can carry (similarity_matrix and sweep_alignment).
+PAIR_SIMILARITIES = ("gradient_cosine", "gradient_cosine_attention", "gradient_cosine_mlp", "representation",
+                     "representation_subspace", "token_overlap", "token_jaccard", "answer_overlap", "fisher",
+                     "fisher_distance", "alignment_at_a", "update_alignment")
+#: The forgetting measures of a sweep (:data:`SWEEP_COLUMNS`).
+FORGETTING_MEASURES = ("forgetting_loss", "forgetting_exact", "forgetting_answer")
+
+
+def pair_table(sweep: pd.DataFrame, *similarities: pd.DataFrame) -> pd.DataFrame:
+    """One row per ordered pair: the sweep's columns and one column per aggregate similarity measure.
+
+    ``similarities`` are long tables (:data:`SIMILARITY_COLUMNS`: :func:`similarity_matrix`,
+    :func:`sweep_alignment`); only their aggregate rows (``layer`` <NA>) are used, averaged over seeds
+    if there are several. Pairs missing from a similarity table get NaN there.
+    """
+    missing = [c for c in ("task_a", "task_b") if c not in getattr(sweep, "columns", ())]
+    if missing:
+        raise SpecError("sweep", f"missing column(s) {', '.join(missing)}; pass the table of pairwise_sweep")
+    table = sweep.copy()
+    for sim in similarities:
+        agg = sim[sim["layer"].isna()] if "layer" in sim.columns else sim
+        wide = agg.pivot_table(index=["task_a", "task_b"], columns="measure", values="value", aggfunc="mean")
+        wide = wide.drop(columns=[c for c in wide.columns if c in table.columns])
+        table = table.merge(wide.reset_index(), on=["task_a", "task_b"], how="left")
+    return table
+
+
+def _groups(table: pd.DataFrame) -> np.ndarray | None:
+    n_tasks = len(set(table["task_a"]) | set(table["task_b"]))
+    return table[["task_a", "task_b"]].to_numpy() if n_tasks >= 3 else None
+
+
+def similarity_correlations(
+    table: pd.DataFrame,
+    similarity: Sequence[str] | None = None,
+    forgetting: Sequence[str] = FORGETTING_MEASURES,
+    methods: Sequence[str] = ("pearson", "spearman"),
+    *,
+    cluster: bool = True,
+    n_boot: int = 2000,
+    n_perm: int = 2000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Correlation of every similarity column with every forgetting column of a :func:`pair_table`.
+
+    :func:`forgetting.stats.correlation` with ``groups = (task_a, task_b)`` (``cluster=True``: the cluster
+    bootstrap over tasks and the Mantel label permutation; ``cluster=False``: pairs resampled as if
+    independent, the too-narrow interval, for comparison). A constant column gives NaN.
+
+    Returns:
+        one row per (similarity, forgetting, method): ``similarity, forgetting, method, r, ci_low, ci_high,
+        p_value, n, n_tasks, resampling, n_boot_valid``.
+    """
+    import warnings
+
+    from forgetting.stats import correlation
+
+    similarity = [c for c in (similarity or PAIR_SIMILARITIES) if c in table.columns]
+    unknown = [c for c in forgetting if c not in table.columns]
+    if unknown:
+        raise SpecError("forgetting", f"column(s) {', '.join(unknown)} not in the table; allowed: "
+                                      f"{', '.join(c for c in FORGETTING_MEASURES if c in table.columns)}")
+    groups = _groups(table) if cluster else None
+    n_tasks = len(set(table["task_a"]) | set(table["task_b"]))
+    rows = []
+    for sim, forg, method in itertools.product(similarity, forgetting, methods):
+        data = table[[sim, forg, "task_a", "task_b"]].dropna()
+        base = {"similarity": sim, "forgetting": forg, "method": method, "n": len(data), "n_tasks": n_tasks}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # few defined resamples: n_boot_valid says so
+                res = correlation(data[sim], data[forg], method, n_boot=n_boot, n_perm=n_perm, seed=seed, ci=ci,
+                                  groups=data[["task_a", "task_b"]].to_numpy() if groups is not None else None)
+        except ValueError:  # a constant column or too few pairs: undefined
+            rows.append({**base, "r": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
+                         "resampling": "none", "n_boot_valid": 0})
+            continue
+        rows.append({**base, "r": res.r, "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value,
+                     "resampling": res.resampling, "n_boot_valid": res.n_boot_valid})
+    return pd.DataFrame(rows)
+
+
+def quadratic_peak(table: pd.DataFrame, similarity: str, forgetting: str, *, n_boot: int = 2000, seed: int = 0,
+                   ci: float = 0.95) -> dict[str, Any]:
+    """Fit ``forgetting = b0 + b1 s + b2 s^2`` over the pairs (cluster bootstrap over tasks) and ask whether
+    forgetting peaks at an intermediate similarity.
+
+    Returns ``{"b1", "b2", "b2_ci_low", "b2_ci_high", "vertex", "s_min", "s_max", "r2_linear", "r2_quadratic",
+    "peak_inside", "verdict", "n", "n_boot_valid"}``: ``vertex = -b1 / (2 b2)``; ``peak_inside`` is True when
+    b2 < 0 and the vertex lies inside [s_min, s_max]; ``verdict`` is ``"intermediate peak"`` when in
+    addition the whole interval of b2 is below 0, ``"peak not resolved"`` when only the point estimate
+    has one, and ``"no intermediate peak"`` otherwise.
+    """
+    import warnings
+
+    from forgetting.stats import linear_model
+
+    for column, field in ((similarity, "similarity"), (forgetting, "forgetting")):
+        if column not in getattr(table, "columns", ()):
+            raise SpecError(field, f"column {column!r} not in the table")
+    data = table[[similarity, forgetting, "task_a", "task_b"]].dropna()
+    frame = pd.DataFrame({"s": data[similarity].to_numpy(), "s2": data[similarity].to_numpy() ** 2,
+                          "f": data[forgetting].to_numpy(), "task_a": data["task_a"].to_numpy(),
+                          "task_b": data["task_b"].to_numpy()})
+    groups = ["task_a", "task_b"] if _groups(frame) is not None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        quad = linear_model(frame, "f", ["s", "s2"], n_boot=n_boot, seed=seed, ci=ci, groups=groups)
+        lin = linear_model(frame, "f", ["s"], n_boot=0)
+    b1, b2 = quad.coef["s"], quad.coef["s2"]
+    row = quad.table.set_index("term").loc["s2"]
+    vertex = -b1 / (2 * b2) if b2 != 0 else float("nan")
+    s_min, s_max = float(frame["s"].min()), float(frame["s"].max())
+    inside = bool(b2 < 0 and s_min < vertex < s_max)
+    verdict = ("intermediate peak" if inside and row["ci_high"] < 0 else
+               "peak not resolved" if inside else "no intermediate peak")
+    return {"similarity": similarity, "forgetting": forgetting, "b1": float(b1), "b2": float(b2),
+            "b2_ci_low": float(row["ci_low"]), "b2_ci_high": float(row["ci_high"]), "vertex": float(vertex),
+            "s_min": s_min, "s_max": s_max, "r2_linear": float(lin.r2), "r2_quadratic": float(quad.r2),
+            "peak_inside": inside, "verdict": verdict, "n": quad.n, "n_boot_valid": quad.n_boot_valid}

@@ -20,7 +20,10 @@ from forgetting.similarity import (
     fisher_embedding,
     fisher_similarity,
     jaccard,
+    pair_table,
     pairwise_sweep,
+    quadratic_peak,
+    similarity_correlations,
     similarity_matrix,
     sweep_alignment,
     sweep_spec,
@@ -241,3 +244,53 @@ def test_pairwise_sweep_one_row_per_ordered_pair_and_cached(tmp_path, monkeypatc
     pd.testing.assert_frame_equal(aligned, sweep_alignment(first, n_examples=8, progress=False))
     with pytest.raises(SpecError, match="sweep: missing column"):
         sweep_alignment(first.drop(columns="run"))
+
+
+# --- similarity against forgetting (no model) ------------------------------------------------------------
+
+
+def _synthetic_pairs(f, n_tasks: int = 6, seed: int = 0) -> pd.DataFrame:
+    """All ordered pairs of n_tasks tasks with a similarity s in [0, 1] and forgetting f(s) + small noise."""
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    tasks = [f"t{i}" for i in range(n_tasks)]
+    rows = []
+    for a, b in itertools.permutations(tasks, 2):
+        s = rng.uniform(0, 1)
+        rows.append({"task_a": a, "task_b": b, "sim": s, "forgetting_answer": f(s) + 0.01 * rng.normal()})
+    return pd.DataFrame(rows)
+
+
+def test_pair_table_merges_aggregate_rows_only():
+    sweep = pd.DataFrame({"task_a": ["a", "b"], "task_b": ["b", "a"], "forgetting_loss": [1.0, 2.0]})
+    sim = pd.DataFrame({"task_a": ["a", "b", "a"], "task_b": ["b", "a", "b"], "measure": ["fisher", "fisher", "representation_layer"],
+                        "layer": pd.array([None, None, 2], dtype="Int64"), "value": [0.5, 0.5, 0.9]})
+    table = pair_table(sweep, sim)
+    assert list(table.fisher) == [0.5, 0.5] and "representation_layer" not in table.columns
+    with pytest.raises(SpecError, match="sweep"):
+        pair_table(pd.DataFrame({"x": [1]}), sim)
+
+
+def test_similarity_correlations_use_the_cluster_bootstrap():
+    table = _synthetic_pairs(lambda s: 2 * s)
+    out = similarity_correlations(table, ["sim"], ["forgetting_answer"], n_boot=200, n_perm=200)
+    assert list(out.method) == ["pearson", "spearman"]
+    assert (out.r > 0.99).all() and (out.resampling == "clusters").all() and (out.n_tasks == 6).all()
+    naive = similarity_correlations(table, ["sim"], ["forgetting_answer"], cluster=False, n_boot=200, n_perm=200)
+    assert (naive.resampling == "observations").all()
+    const = similarity_correlations(table.assign(sim=1.0), ["sim"], ["forgetting_answer"], n_boot=10, n_perm=10)
+    assert const.r.isna().all()
+    with pytest.raises(SpecError, match="forgetting"):
+        similarity_correlations(table, ["sim"], ["forgetting_nope"])
+
+
+def test_quadratic_peak_finds_an_intermediate_peak_and_only_then():
+    peak = quadratic_peak(_synthetic_pairs(lambda s: 1 - 4 * (s - 0.5) ** 2), "sim", "forgetting_answer", n_boot=300)
+    assert peak["verdict"] == "intermediate peak" and peak["peak_inside"]
+    assert peak["vertex"] == pytest.approx(0.5, abs=0.02) and peak["b2"] == pytest.approx(-4, rel=0.05)
+    assert peak["b2_ci_high"] < 0
+    line = quadratic_peak(_synthetic_pairs(lambda s: 2 * s), "sim", "forgetting_answer", n_boot=300)
+    assert line["verdict"] == "no intermediate peak" and not line["peak_inside"]
+    with pytest.raises(SpecError, match="similarity"):
+        quadratic_peak(_synthetic_pairs(lambda s: s), "nope", "forgetting_answer")
