@@ -67,8 +67,23 @@ def experiment_spec(profile: str = "quick", *, model: str | None = None, seed: i
 RUN_CODE = ("train", "tasks", "evaluate.py", "experiments.py", "models/embedded.py")
 
 
+def _code_only(source: str) -> str:
+    """The source's syntax tree without docstrings (comments are not in it): what the code *does*, so
+    editing a docstring or a comment does not invalidate cached runs."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def code_fingerprint(entries: tuple[str, ...] = RUN_CODE) -> str:
-    """Short sha256 (8 hex digits) of the source of the package modules ``entries`` (default ``RUN_CODE``)."""
+    """Short sha256 (8 hex digits) of the code of the package modules ``entries`` (default ``RUN_CODE``),
+    docstrings and comments excluded (:func:`_code_only`)."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -76,7 +91,7 @@ def code_fingerprint(entries: tuple[str, ...] = RUN_CODE) -> str:
         target = paths.PACKAGE_DIR / entry
         for file in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
             digest.update(file.relative_to(paths.PACKAGE_DIR).as_posix().encode())
-            digest.update(file.read_bytes())
+            digest.update(_code_only(file.read_text(encoding="utf-8")).encode())
     return digest.hexdigest()[:8]
 
 
