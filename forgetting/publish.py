@@ -76,8 +76,8 @@ def publish_run(run_dir: str | Path, results_dir: str | Path | None = None) -> P
 
 def make_results(profile: str = "full", *, progress: bool = True) -> list[Path]:
     """Run every seed of ``profile`` in the cache (main sequence and dynamics), compute the mechanism
-    report and the dynamics, and publish the tables; returns the published folders. Resumable: runs
-    and tables already in the cache are reused."""
+    report and the dynamics, run the task-similarity sweep (first seed), and publish the tables;
+    returns the published folders. Resumable: runs and tables already in the cache are reused."""
     from forgetting.analysis import analysis_for
     from forgetting.dynamics import dynamics_for, dynamics_spec
     from forgetting.profiles import experiment_spec, run_name, seeds
@@ -93,4 +93,8 @@ def make_results(profile: str = "full", *, progress: bool = True) -> list[Path]:
         folder = run_experiment(dyn, cache_twin(run_name(dyn)), progress=progress)
         dynamics_for(folder, progress=progress)
         published.append(publish_run(folder))
+    from forgetting.similarity import pairwise_sweep
+
+    sweep = pairwise_sweep(profile=profile, seed=seeds(profile)[0], progress=progress)
+    published += [publish_run(folder) for folder in sweep["run"] if has_weights(folder)]
     return published
