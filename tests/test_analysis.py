@@ -82,3 +82,22 @@ def test_analysis_for_reuses_matching_tables_and_recomputes_otherwise(run_dir):
     other = analysis_for(run_dir, stages=[2], n_examples=12, hessian_iters=4, nulls=False, progress=False)
     assert json.loads((run_dir / "analysis" / "manifest.json").read_text())["n_examples"] == 12
     assert len(other["gradients"]) == len(first["gradients"])
+
+
+@pytest.mark.parametrize("variant", [{"model": "tiny-moe"}, {"finetune": {"method": "lora", "lora": {"r": 4, "alpha": 8}}}],
+                         ids=["moe", "lora"])
+def test_the_report_runs_unchanged_on_moe_and_lora_runs(variant, tmp_path):
+    from forgetting.experiments import parse_spec
+    from forgetting.train.sequence import run_experiment
+
+    spec = parse_spec(small_spec(sequence=["recall_city", "recall_job"], eval={"every": 0}, **variant))
+    run = run_experiment(spec, tmp_path / "run", progress=False)
+    tables = analysis_for(run, n_examples=8, hessian_iters=4, nulls=True, progress=False)
+    assert set(tables["drift"].null) == {"", "continue", "reseed"}
+    assert tables["drift"].cka.between(0, 1 + 1e-9).all()
+    assert (tables["curvature"].lambda_max > 0).all()
+    grads = tables["gradients"]
+    assert grads.cosine.dropna().between(-1 - 1e-9, 1 + 1e-9).all() and (grads.unit == "head").any()
+    assert tables["head_severity"].severe.dtype == bool and len(tables["head_severity"]) > 0
+    if "model" in variant:  # each expert of each layer is a unit of its own: 4 layers x 4 experts x 2 matrices
+        assert (grads.unit == "expert").sum() == 4 * 4 * 2
