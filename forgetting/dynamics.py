@@ -6,8 +6,8 @@ timing of forgetting itself: does drift come before the old task's loss rises, o
 interference fade once the old task is forgotten?
 
 The experiment (:func:`dynamics_spec`) is the profile's spec reduced to two tasks, A then B
-(``DYNAMICS_SEQUENCE``), with a snapshot every ``steps_per_task / 40`` steps and an evaluation every
-half of that. At each analysed snapshot ``theta_s`` of stage B (``s`` = steps of B so far; ``s = 0`` is
+(``DYNAMICS_SEQUENCE``), with a snapshot every ``steps_per_task / 40`` steps and an evaluation at
+each. At each analysed snapshot ``theta_s`` of stage B (``s`` = steps of B so far; ``s = 0`` is
 the end of A), on A's eval examples (:func:`training_dynamics`):
 
 - ``old_loss``: A's mean target-token cross-entropy ``L_A(theta_s)``; ``forgetting`` = ``L_A(theta_s) -
@@ -59,14 +59,14 @@ MEASURES = {
 
 def dynamics_spec(profile: str = "quick", *, model: str | None = None, seed: int | None = None) -> ExperimentSpec:
     """The profile's spec on ``DYNAMICS_SEQUENCE`` with a snapshot every ``steps_per_task // 40`` steps
-    (at least 1) and an evaluation twice as often; no joint reference run."""
+    (at least 1) and an evaluation at each (the forgetting curve at snapshot resolution); no joint reference run."""
     base = experiment_spec(profile, model=model, seed=seed)
     if base.steps_per_task is None:
         raise SpecError("steps_per_task", f"profile {profile!r} trains by epochs; the dynamics need a step count")
     every = max(1, base.steps_per_task // 40)
     return experiment_spec(
         profile, model=model, seed=seed, sequence=list(DYNAMICS_SEQUENCE),
-        snapshots={"every": every}, eval={**base.eval.model_dump(), "every": max(1, every // 2)},
+        snapshots={"every": every}, eval={**base.eval.model_dump(), "every": every},
         reference={"enabled": False},
     )
 
