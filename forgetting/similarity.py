@@ -94,6 +94,8 @@ steadier one: negative means B's first steps point back against A's change.
 (the cluster bootstrap of :mod:`forgetting.stats`), not over pairs. The intermediate-similarity peak
 (Ramasesh et al. 2020) is tested with a quadratic ``f = b0 + b1 s + b2 s^2``: a peak inside the data needs
 b2 < 0 (its interval below 0) and the vertex ``s* = -b1 / (2 b2)`` inside the observed range of s.
+:func:`task_effects` says how much of the forgetting is explained by which task is A and which is B alone
+(SCIENCE.md), before any similarity enters.
 
 Bad input (unknown task, unknown measure, fewer than two tasks, repeated tasks, unknown profile) raises
 :class:`forgetting.errors.SpecError` naming the field and the allowed values, before any work.
@@ -130,6 +132,7 @@ __all__ = [
     "pair_table",
     "quadratic_peak",
     "similarity_correlations",
+    "task_effects",
     "similarity_matrix",
     "sweep_alignment",
     "sweep_spec",
@@ -682,12 +685,18 @@ def pair_table(sweep: pd.DataFrame, *similarities: pd.DataFrame) -> pd.DataFrame
 
     ``similarities`` are long tables (:data:`SIMILARITY_COLUMNS`: :func:`similarity_matrix`,
     :func:`sweep_alignment`); only their aggregate rows (``layer`` <NA>) are used, averaged over seeds
-    if there are several. Pairs missing from a similarity table get NaN there.
+    if there are several. Pairs missing from a similarity table get NaN there. A sweep over several
+    seeds (a ``seed`` column with more than one value) is first averaged per pair over the seeds (numeric
+    columns; ``seed`` becomes the number of seeds, ``run`` is dropped), so that each pair is one observation.
     """
     missing = [c for c in ("task_a", "task_b") if c not in getattr(sweep, "columns", ())]
     if missing:
         raise SpecError("sweep", f"missing column(s) {', '.join(missing)}; pass the table of pairwise_sweep")
     table = sweep.copy()
+    if "seed" in table.columns and table["seed"].nunique() > 1:
+        numeric = [c for c in table.select_dtypes("number").columns if c != "seed"]
+        grouped = table.groupby(["task_a", "task_b"], sort=False)
+        table = grouped[numeric].mean().join(grouped["seed"].nunique()).reset_index()
     for sim in similarities:
         agg = sim[sim["layer"].isna()] if "layer" in sim.columns else sim
         wide = agg.pivot_table(index=["task_a", "task_b"], columns="measure", values="value", aggfunc="mean")
@@ -790,3 +799,34 @@ def quadratic_peak(table: pd.DataFrame, similarity: str, forgetting: str, *, n_b
             "b2_ci_low": float(row["ci_low"]), "b2_ci_high": float(row["ci_high"]), "vertex": float(vertex),
             "s_min": s_min, "s_max": s_max, "r2_linear": float(lin.r2), "r2_quadratic": float(quad.r2),
             "peak_inside": inside, "verdict": verdict, "n": quad.n, "n_boot_valid": quad.n_boot_valid}
+
+
+def task_effects(table: pd.DataFrame, forgetting: Sequence[str] = FORGETTING_MEASURES) -> pd.DataFrame:
+    """How much of the variance of each forgetting measure over the pairs the identity of A and of B explain.
+
+    With f_AB the forgetting of pair (A, B) and fbar its mean over all pairs::
+
+        by_a     = sum_AB (fbar_A. - fbar)^2 / sum_AB (f_AB - fbar)^2     (fbar_A.: mean over pairs with that A)
+        by_b     = the same with the mean over pairs with that B
+        additive = R^2 of the least-squares fit f_AB = m + alpha_A + beta_B
+
+    ``by_a`` near 1 means forgetting is a property of the old task (how well it was learned, how fragile it
+    is), whatever follows; a similarity measure can then correlate with forgetting only through A.
+    Returns one row per forgetting measure: ``forgetting, by_a, by_b, additive, n``.
+    """
+    missing = [c for c in ("task_a", "task_b", *forgetting) if c not in getattr(table, "columns", ())]
+    if missing:
+        raise SpecError("table", f"missing column(s) {', '.join(missing)}; pass pair_table(...) or pairwise_sweep(...)")
+    rows = []
+    for f in forgetting:
+        data = table[["task_a", "task_b", f]].dropna()
+        y = data[f].to_numpy(dtype=np.float64)
+        total = float(((y - y.mean()) ** 2).sum())
+        share = lambda col: float(((data.groupby(col)[f].transform("mean") - y.mean()) ** 2).sum()) / total  # noqa: E731
+        X = np.column_stack([np.ones(len(y)), pd.get_dummies(data["task_a"], drop_first=True, dtype=float),
+                             pd.get_dummies(data["task_b"], drop_first=True, dtype=float)])
+        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+        additive = 1 - float(((y - X @ beta) ** 2).sum()) / total if total > 0 else float("nan")
+        rows.append({"forgetting": f, "by_a": share("task_a") if total > 0 else float("nan"),
+                     "by_b": share("task_b") if total > 0 else float("nan"), "additive": additive, "n": len(y)})
+    return pd.DataFrame(rows)

@@ -24,6 +24,7 @@ from forgetting.similarity import (
     pairwise_sweep,
     quadratic_peak,
     similarity_correlations,
+    task_effects,
     similarity_matrix,
     sweep_alignment,
     sweep_spec,
@@ -270,6 +271,11 @@ def test_pair_table_merges_aggregate_rows_only():
     assert list(table.fisher) == [0.5, 0.5] and "representation_layer" not in table.columns
     with pytest.raises(SpecError, match="sweep"):
         pair_table(pd.DataFrame({"x": [1]}), sim)
+    seeds = pd.DataFrame({"task_a": ["a", "a", "b"], "task_b": ["b", "b", "a"], "seed": [0, 1, 0],
+                          "forgetting_loss": [1.0, 3.0, 5.0], "run": ["x", "y", "z"]})
+    averaged = pair_table(seeds, sim)
+    assert list(averaged.forgetting_loss) == [2.0, 5.0] and list(averaged.seed) == [2, 1]
+    assert "run" not in averaged.columns and list(averaged.fisher) == [0.5, 0.5]
 
 
 def test_similarity_correlations_use_the_cluster_bootstrap():
@@ -294,3 +300,19 @@ def test_quadratic_peak_finds_an_intermediate_peak_and_only_then():
     assert line["verdict"] == "no intermediate peak" and not line["peak_inside"]
     with pytest.raises(SpecError, match="similarity"):
         quadratic_peak(_synthetic_pairs(lambda s: s), "nope", "forgetting_answer")
+
+
+def test_task_effects_known_shares():
+    import itertools
+
+    tasks = ["a", "b", "c"]
+    pairs = list(itertools.permutations(tasks, 2))
+    alpha = {"a": 0.0, "b": 1.0, "c": 2.0}
+    only_a = pd.DataFrame({"task_a": [p[0] for p in pairs], "task_b": [p[1] for p in pairs],
+                           "forgetting_loss": [alpha[p[0]] for p in pairs]})
+    out = task_effects(only_a, ["forgetting_loss"]).iloc[0]
+    assert out.by_a == pytest.approx(1) and out.additive == pytest.approx(1)
+    # with all ordered pairs of 3 tasks, B's mean is determined by A's: mean of the other two alphas
+    assert out.by_b == pytest.approx(0.25)
+    with pytest.raises(SpecError, match="table"):
+        task_effects(only_a, ["forgetting_exact"])
