@@ -148,7 +148,9 @@ MEASURES: dict[str, tuple[str, ...]] = {
     "tokens": ("token_overlap", "token_jaccard", "answer_overlap"),
     "fisher": ("fisher", "fisher_distance"),
 }
+#: The columns of every long similarity table (the pair, the measure, the layer or <NA>, the value).
 SIMILARITY_COLUMNS = ("task_a", "task_b", "measure", "layer", "value")
+#: Columns of the table of :func:`pairwise_sweep`, one row per ordered pair (see the module docstring).
 SWEEP_COLUMNS = (
     "task_a", "task_b", "seed", "steps", "loss_a_before", "loss_a_after", "exact_a_before", "exact_a_after",
     "answer_a_before", "answer_a_after", "forgetting_loss", "forgetting_exact", "forgetting_answer",
@@ -468,10 +470,10 @@ def similarity_matrix(
     """Every requested similarity measure for every ordered pair of ``tasks`` (diagonal included).
 
     Args:
-        model: a model name (``"tiny"``; loaded with :func:`forgetting.load_model`) or a causal LM
+        model: a model name (``"tiny"``; loaded with ``forgetting.load_model``) or a causal LM
             (then ``tokenizer`` is required). Its current weights are "the base model".
         tasks: at least 2 distinct task names (``forgetting.tasks.task_names()``) or
-            :class:`~forgetting.tasks.Task` objects.
+            :class:`~forgetting.tasks.families.Task` objects.
         measures: families from :data:`MEASURES` (``gradient``, ``representation``, ``tokens``, ``fisher``).
         n_examples: the first ``n_examples`` train examples of each task are used (``None``: all).
         seed: sampling seed of the Fisher labels; data_seed: the tasks' example sampling seed (as
@@ -481,7 +483,7 @@ def similarity_matrix(
         long DataFrame (:data:`SIMILARITY_COLUMNS`): ``task_a, task_b, measure, layer, value``; ``layer`` is
         <NA> except on the per-layer representation rows. Symmetric: (A, B) and (B, A) are equal.
 
-    Raises :class:`SpecError` for an unknown task or measure, fewer than 2 or repeated tasks, before any work.
+    Raises :class:`~forgetting.errors.SpecError` for an unknown task or measure, fewer than 2 or repeated tasks, before any work.
     """
     families = _check_measures(measures)
     _check_task_names(tasks)
@@ -610,6 +612,7 @@ def pairwise_sweep(
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 
+#: File name (per ``n_examples``) of the cached :func:`sweep_alignment` rows in a pair's run folder.
 ALIGNMENT_FILE = "similarity_alignment_n{n}.parquet"
 
 
@@ -729,8 +732,8 @@ def similarity_correlations(
     independent, the too-narrow interval, for comparison). A constant column gives NaN.
 
     Returns:
-        one row per (similarity, forgetting, method): ``similarity, forgetting, method, r, ci_low, ci_high,
-        p_value, n, n_tasks, resampling, n_boot_valid``.
+        DataFrame with one row per similarity, forgetting measure and method, and the columns
+        ``similarity, forgetting, method, r, ci_low, ci_high, p_value, n, n_tasks, resampling, n_boot_valid``.
     """
     import warnings
 

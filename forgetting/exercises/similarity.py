@@ -102,6 +102,7 @@ def check_bhattacharyya(fn: Callable[[Mapping[str, int], Mapping[str, int]], flo
                            "BC = sum over shared tokens of sqrt(c_A(t)/N_A * c_B(t)/N_B).")
 
 
+#: The options of the multiple-choice exercise :func:`check_pair_bootstrap` (letter: statement).
 PAIR_BOOTSTRAP_CHOICES = {
     "a": "A sweep has too few pairs for any bootstrap.",
     "b": "Pairs that share a task are not independent: resampling pairs treats K (K - 1) pairs as independent "

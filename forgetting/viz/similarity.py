@@ -19,7 +19,7 @@ import pandas as pd
 
 from forgetting.similarity import FORGETTING_MEASURES, PAIR_SIMILARITIES
 
-#: Labels for the selects.
+#: Labels of the similarity measures in the selects.
 SIMILARITY_LABELS = {
     "gradient_cosine": "gradient cosine at the base model (all weights)",
     "gradient_cosine_attention": "gradient cosine at the base model (attention)",
@@ -34,12 +34,15 @@ SIMILARITY_LABELS = {
     "alignment_at_a": "gradient alignment after A: cos(g_A, g_B)",
     "update_alignment": "update alignment after A: cos(theta_A - theta_0, -g_B)",
 }
+#: Labels of the forgetting measures in the selects.
 FORGETTING_LABELS = {
     "forgetting_answer": "answer-match drop of A",
     "forgetting_exact": "exact-match drop of A",
     "forgetting_loss": "loss increase of A (nats/token)",
 }
+#: The task menu's entry for "highlight nothing".
 NO_TASK = "(none)"
+#: Colour legend: the role of the highlighted task in a pair.
 ROLES = ("A: trained first, then forgotten", "B: trained second", "other pairs")
 
 
