@@ -83,7 +83,7 @@ def _code_only(source: str) -> str:
 
 def code_fingerprint(entries: tuple[str, ...] = RUN_CODE) -> str:
     """Short sha256 (8 hex digits) of the code of the package modules ``entries`` (default ``RUN_CODE``),
-    docstrings and comments excluded (:func:`_code_only`)."""
+    docstrings and comments excluded (``_code_only``)."""
     import hashlib
 
     digest = hashlib.sha256()
