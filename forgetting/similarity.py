@@ -127,6 +127,7 @@ __all__ = [
     "fisher_similarity",
     "gradient_similarity",
     "jaccard",
+    "leave_one_task_out",
     "pairwise_sweep",
     "representation_similarity",
     "pair_table",
@@ -135,6 +136,7 @@ __all__ = [
     "task_effects",
     "similarity_matrix",
     "sweep_alignment",
+    "sweep_answers",
     "sweep_spec",
     "token_counts",
     "token_similarity",
@@ -720,6 +722,7 @@ def similarity_correlations(
     methods: Sequence[str] = ("pearson", "spearman"),
     *,
     cluster: bool = True,
+    given: Sequence[str] | None = None,
     n_boot: int = 2000,
     n_perm: int = 2000,
     seed: int = 0,
@@ -729,18 +732,22 @@ def similarity_correlations(
 
     :func:`forgetting.stats.correlation` with ``groups = (task_a, task_b)`` (``cluster=True``: the cluster
     bootstrap over tasks and the Mantel label permutation; ``cluster=False``: pairs resampled as if
-    independent, the too-narrow interval, for comparison). A constant column gives NaN.
+    independent, the too-narrow interval, for comparison). A constant column gives NaN. ``given``: column
+    names to partial out (:func:`forgetting.stats.partial_correlation`), e.g. ``["answer_a_before"]``: how
+    well A had been learned, which bounds how much of it can be forgotten.
 
     Returns:
         DataFrame with one row per similarity, forgetting measure and method, and the columns
-        ``similarity, forgetting, method, r, ci_low, ci_high, p_value, n, n_tasks, resampling, n_boot_valid``.
+        ``similarity, forgetting, method, given, n, n_tasks, r, ci_low, ci_high, p_value, resampling,
+        n_boot_valid`` (``given``: the partialled-out columns, comma-separated, or empty).
     """
     import warnings
 
-    from forgetting.stats import correlation
+    from forgetting.stats import correlation, partial_correlation
 
     similarity = [c for c in (similarity or PAIR_SIMILARITIES) if c in table.columns]
-    unknown = [c for c in forgetting if c not in table.columns]
+    given = list(given or [])
+    unknown = [c for c in [*forgetting, *given] if c not in table.columns]
     if unknown:
         raise SpecError("forgetting", f"column(s) {', '.join(unknown)} not in the table; allowed: "
                                       f"{', '.join(c for c in FORGETTING_MEASURES if c in table.columns)}")
@@ -748,13 +755,16 @@ def similarity_correlations(
     n_tasks = len(set(table["task_a"]) | set(table["task_b"]))
     rows = []
     for sim, forg, method in itertools.product(similarity, forgetting, methods):
-        data = table[[sim, forg, "task_a", "task_b"]].dropna()
-        base = {"similarity": sim, "forgetting": forg, "method": method, "n": len(data), "n_tasks": n_tasks}
+        data = table[list(dict.fromkeys([sim, forg, *given, "task_a", "task_b"]))].dropna()
+        base = {"similarity": sim, "forgetting": forg, "method": method, "given": ", ".join(given), "n": len(data),
+                "n_tasks": n_tasks}
+        kwargs = dict(n_boot=n_boot, n_perm=n_perm, seed=seed, ci=ci,
+                      groups=data[["task_a", "task_b"]].to_numpy() if groups is not None else None)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # few defined resamples: n_boot_valid says so
-                res = correlation(data[sim], data[forg], method, n_boot=n_boot, n_perm=n_perm, seed=seed, ci=ci,
-                                  groups=data[["task_a", "task_b"]].to_numpy() if groups is not None else None)
+                res = (partial_correlation(data[sim], data[forg], data[given], method, **kwargs) if given
+                       else correlation(data[sim], data[forg], method, **kwargs))
         except ValueError:  # a constant column or too few pairs: undefined
             rows.append({**base, "r": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
                          "resampling": "none", "n_boot_valid": 0})
@@ -833,3 +843,72 @@ def task_effects(table: pd.DataFrame, forgetting: Sequence[str] = FORGETTING_MEA
         rows.append({"forgetting": f, "by_a": share("task_a") if total > 0 else float("nan"),
                      "by_b": share("task_b") if total > 0 else float("nan"), "additive": additive, "n": len(y)})
     return pd.DataFrame(rows)
+
+
+def leave_one_task_out(table: pd.DataFrame, similarity: str, forgetting: str, method: str = "pearson") -> pd.DataFrame:
+    """The correlation of ``similarity`` with ``forgetting`` with all pairs of one task left out, for each task.
+
+    A jackknife over tasks: a correlation that rests on the pairs of a single task (for example the two
+    orders of one very similar pair) changes a lot when that task is dropped. Returns one row per task:
+    ``left_out, r, n`` (``n`` pairs remain; ``r`` is NaN with fewer than 3 pairs or a constant column),
+    followed by a row ``left_out = "(none)"`` with all pairs.
+    """
+    from forgetting.stats import pearson, spearman
+
+    if method not in ("pearson", "spearman"):
+        raise SpecError("method", f"{method!r} not allowed; allowed: pearson, spearman")
+    for column, field in ((similarity, "similarity"), (forgetting, "forgetting")):
+        if column not in getattr(table, "columns", ()):
+            raise SpecError(field, f"column {column!r} not in the table")
+    fn = pearson if method == "pearson" else spearman
+    data = table[["task_a", "task_b", similarity, forgetting]].dropna()
+    tasks = list(dict.fromkeys([*data["task_a"], *data["task_b"]]))
+    rows = []
+    for task in [*tasks, None]:
+        keep = data if task is None else data[(data["task_a"] != task) & (data["task_b"] != task)]
+        x, y = keep[similarity].to_numpy(dtype=float), keep[forgetting].to_numpy(dtype=float)
+        defined = len(keep) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0
+        rows.append({"left_out": task or "(none)", "r": float(fn(x, y)) if defined else float("nan"), "n": len(keep)})
+    return pd.DataFrame(rows)
+
+
+def sweep_answers(sweep: pd.DataFrame, task_a: str, task_b: str, *, n_examples: int = 3,
+                  max_new_tokens: int = 8) -> pd.DataFrame:
+    """What forgetting looks like: greedy answers to A's first ``n_examples`` held-out prompts after A and after B.
+
+    Reads the pair's run (a row of :func:`pairwise_sweep` with these tasks) and decodes greedily from the
+    snapshots after stage 1 (A) and stage 2 (B). Returns ``prompt, target, after_a, after_b`` per example.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from forgetting.experiments import parse_spec
+    from forgetting.profiles import load_run
+    from forgetting.train.sequence import load_for_spec, snapshot_label
+    from forgetting.train.snapshots import restore_snapshot
+
+    rows = sweep[(sweep["task_a"] == task_a) & (sweep["task_b"] == task_b)] if "run" in sweep.columns else sweep.iloc[:0]
+    if rows.empty:
+        pairs = ", ".join(f"{a}->{b}" for a, b in zip(sweep.get("task_a", []), sweep.get("task_b", [])))
+        raise SpecError("task_a, task_b", f"no run for {task_a}->{task_b} in the sweep; allowed: {pairs}")
+    folder = Path(rows["run"].iloc[0])
+    spec = parse_spec(load_run(folder).manifest["spec"])
+    model, tokenizer = load_for_spec(spec)
+    from forgetting.tasks.families import make_task
+
+    examples = make_task(task_a, n_eval=spec.data.n_eval, seed=spec.data.task_seed).eval[:n_examples]
+    answers: dict[str, list[str]] = {}
+    model.eval()
+    for stage, task, key in ((1, task_a, "after_a"), (2, task_b, "after_b")):
+        restore_snapshot(model, folder / "snapshots" / snapshot_label(stage, task))
+        answers[key] = []
+        for ex in examples:
+            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []  # as in training
+            ids = torch.tensor([bos + list(tokenizer(ex.prompt, add_special_tokens=False)["input_ids"])],
+                               device=next(model.parameters()).device)
+            with torch.no_grad():
+                out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            answers[key].append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return pd.DataFrame({"prompt": [e.prompt for e in examples], "target": [e.target for e in examples], **answers})

@@ -20,6 +20,7 @@ from forgetting.similarity import (
     fisher_embedding,
     fisher_similarity,
     jaccard,
+    leave_one_task_out,
     pair_table,
     pairwise_sweep,
     quadratic_peak,
@@ -27,6 +28,7 @@ from forgetting.similarity import (
     task_effects,
     similarity_matrix,
     sweep_alignment,
+    sweep_answers,
     sweep_spec,
     token_counts,
     token_similarity,
@@ -246,6 +248,12 @@ def test_pairwise_sweep_one_row_per_ordered_pair_and_cached(tmp_path, monkeypatc
     with pytest.raises(SpecError, match="sweep: missing column"):
         sweep_alignment(first.drop(columns="run"))
 
+    answers = sweep_answers(first, "recall_city", "update_city", n_examples=2, max_new_tokens=3)
+    assert list(answers.columns) == ["prompt", "target", "after_a", "after_b"] and len(answers) == 2
+    assert answers.prompt.str.startswith("Q :").all()
+    with pytest.raises(SpecError, match="no run for sort->sort"):
+        sweep_answers(first, "sort", "sort")
+
 
 # --- similarity against forgetting (no model) ------------------------------------------------------------
 
@@ -289,6 +297,15 @@ def test_similarity_correlations_use_the_cluster_bootstrap():
     assert const.r.isna().all()
     with pytest.raises(SpecError, match="forgetting"):
         similarity_correlations(table, ["sim"], ["forgetting_nope"])
+    # partialling out a covariate that drives forgetting: y = x + z, with x and z independent
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=len(table))
+    confounded = table.assign(z=z, forgetting_answer=table["sim"] * 0.0 + z + 0.01 * rng.normal(size=len(table)))
+    plain = similarity_correlations(confounded.assign(sim=z + 0.1 * rng.normal(size=len(table))), ["sim"],
+                                    ["forgetting_answer"], ["pearson"], n_boot=50, n_perm=50)
+    partial = similarity_correlations(confounded.assign(sim=z + 0.1 * rng.normal(size=len(table))), ["sim"],
+                                      ["forgetting_answer"], ["pearson"], given=["z"], n_boot=50, n_perm=50)
+    assert plain.r.iloc[0] > 0.9 and abs(partial.r.iloc[0]) < 0.5 and partial.given.iloc[0] == "z"
 
 
 def test_quadratic_peak_finds_an_intermediate_peak_and_only_then():
@@ -316,3 +333,14 @@ def test_task_effects_known_shares():
     assert out.by_b == pytest.approx(0.25)
     with pytest.raises(SpecError, match="table"):
         task_effects(only_a, ["forgetting_exact"])
+
+
+def test_leave_one_task_out_drops_every_pair_of_the_task():
+    table = _synthetic_pairs(lambda s: 2 * s, n_tasks=4)
+    out = leave_one_task_out(table, "sim", "forgetting_answer")
+    assert list(out.left_out) == ["t0", "t1", "t2", "t3", "(none)"]
+    assert (out.n.iloc[:4] == 6).all() and out.n.iloc[-1] == 12  # 3 x 2 ordered pairs remain
+    assert (out.r > 0.99).all()
+    assert leave_one_task_out(table, "sim", "forgetting_answer", "spearman").r.iloc[-1] > 0.99
+    with pytest.raises(SpecError, match="method"):
+        leave_one_task_out(table, "sim", "forgetting_answer", "kendall")
