@@ -233,6 +233,117 @@ def test_minibatch_constant_layer_is_nan_and_errors() -> None:
         MinibatchCKA(pairs="upper")
 
 
+def reference_minibatch_cka(batches_x, batches_y, pairs: str, debiased: bool) -> np.ndarray:
+    """The straightforward algorithm (as MinibatchCKA was first written): per batch and layer, the
+    float64 Gram matrix of the centred features, U-centred (debiased) or double-centred (biased), and
+    every HSIC term as a Frobenius inner product, summed over batches."""
+    lx, ly = len(batches_x[0]), len(batches_y[0])
+    hxy, hxx, hyy = np.zeros((lx, ly)), np.zeros(lx), np.zeros(ly)
+    for xs, ys in zip(batches_x, batches_y):
+        n = xs[0].shape[0]
+
+        def centred(f):
+            f = np.asarray(f, dtype=np.float64).reshape(n, -1)
+            fc = f - f.mean(0)
+            K = torch.tensor(fc @ fc.T)
+            if debiased:
+                return drift.u_centered_gram(K).numpy(), n * (n - 3)
+            H = np.eye(n) - 1.0 / n
+            return H @ K.numpy() @ H, (n - 1) ** 2
+
+        Ks = [centred(x) for x in xs]
+        Ls = [centred(y) for y in ys]
+        for i, (K, c) in enumerate(Ks):
+            hxx[i] += (K * K).sum() / c
+            for j, (L, _) in enumerate(Ls):
+                hxy[i, j] += (K * L).sum() / c
+        for j, (L, c) in enumerate(Ls):
+            hyy[j] += (L * L).sum() / c
+    out = hxy / np.sqrt(hxx[:, None] * hyy[None, :])
+    return out if pairs == "all" else np.diag(out)
+
+
+def hidden_like_batches(seed: int, sizes, widths, dtype=torch.float32, offset: float = 4.0):
+    """Batches of layer features that look like residual-stream states: a shared random stream plus
+    per-layer drift, a large common offset (the mean across examples is far from zero), float32."""
+    g = torch.Generator().manual_seed(seed)
+    xs, ys = [], []
+    for n in sizes:
+        base = torch.randn(n, max(widths), generator=g, dtype=torch.float64)
+        bx, by = [], []
+        for p in widths:
+            h = base[:, :p] + 0.3 * torch.randn(n, p, generator=g, dtype=torch.float64)
+            h = h + offset * torch.randn(1, p, generator=g, dtype=torch.float64)
+            bx.append(h.to(dtype))
+            by.append((h + 0.5 * torch.randn(n, p, generator=g, dtype=torch.float64)).to(dtype))
+            base = torch.tanh(base)
+        xs.append(bx)
+        ys.append(by)
+    return xs, ys
+
+
+@pytest.mark.parametrize("pairs", ["all", "diagonal"])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_minibatch_matches_reference_algorithm(monkeypatch: pytest.MonkeyPatch, pairs: str, debiased: bool) -> None:
+    """Old-vs-new parity: the batched, buffered computation equals the per-batch float64 reference,
+    with varying batch sizes (the buffer is flushed when n changes), a buffer that fills up, and
+    layers of different widths."""
+    xs, ys = hidden_like_batches(11, [8, 8, 8, 12, 8, 8], [6, 6, 9], dtype=torch.float64)
+    want = reference_minibatch_cka(xs, ys, pairs, debiased)
+    for pending in (MinibatchCKA.PENDING_BYTES, 2000):  # 2000 bytes: a flush every batch or two
+        monkeypatch.setattr(MinibatchCKA, "PENDING_BYTES", pending)
+        acc = MinibatchCKA(pairs=pairs, debiased=debiased)
+        for x, y in zip(xs, ys):
+            acc.update(x, y)
+        np.testing.assert_allclose(acc.compute(), want, rtol=1e-10)
+        assert acc.n_batches == 6 and acc.n_examples == 52
+
+
+@pytest.mark.parametrize("pairs", ["all", "diagonal"])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_minibatch_float32_path_matches_float64(pairs: str, debiased: bool) -> None:
+    """float32 inputs are centred and multiplied in float32: CKA within 1e-6 of the float64 path (the
+    benchmark bar is 1e-4), for many narrow batches (p >> n), one wide batch (n >> p) and a large
+    common offset."""
+    for sizes, widths in (([16] * 8, [512, 512, 512]), ([300], [32, 32, 32])):
+        xs, ys = hidden_like_batches(12, sizes, widths, dtype=torch.float32, offset=30.0)
+        got = MinibatchCKA(pairs=pairs, debiased=debiased)
+        ref = MinibatchCKA(pairs=pairs, debiased=debiased)
+        for x, y in zip(xs, ys):
+            got.update(x, y)
+            ref.update([t.double() for t in x], [t.double() for t in y])  # float64: the exact path
+        np.testing.assert_allclose(got.compute(), ref.compute(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            ref.compute(), reference_minibatch_cka(xs, ys, pairs, debiased), rtol=1e-9
+        )
+
+
+def test_minibatch_float32_constant_and_nearly_constant_layers() -> None:
+    """In float32 a constant layer is still recognised (NaN, as in float64); a nearly constant one
+    (centred norm 1e-6 of the norm) is redone in float64 and agrees with the float64 path; overflow of
+    float32 squares falls back to float64 instead of raising; NaN input is named."""
+    g = torch.Generator().manual_seed(13)
+    n = 12
+    X = torch.randn(n, 5, generator=g)
+    const = (3.0 + torch.randn(1, 4, generator=g)).expand(n, 4).contiguous()
+    near = 1000.0 + 1e-3 * torch.randn(n, 4, generator=g, dtype=torch.float64)
+    huge = 1e20 * torch.randn(n, 3, generator=g)  # squares overflow float32
+    xs = [const, near.float(), huge, X]
+    ys = [X, X, X, X]
+    acc32 = MinibatchCKA(pairs="all")
+    acc64 = MinibatchCKA(pairs="all")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        acc32.update(xs, ys)
+        acc64.update([t.double() for t in xs], [t.double() for t in ys])
+        got, want = acc32.compute(), acc64.compute()
+    assert np.isnan(got[0]).all() and np.isnan(want[0]).all()
+    np.testing.assert_allclose(got[1:], want[1:], rtol=0, atol=1e-6)
+    assert got[3, 3] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"ys\[1\]: contains NaN"):
+        MinibatchCKA().update([X, X], [X, torch.full((n, 5), float("nan"))])
+
+
 # --------------------------------------------------------------------------------------------------
 # readouts and cka_by_layer
 # --------------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ Minibatch CKA (Nguyen et al. 2021) over batches b = 1..B of the same examples::
 Cost. Every HSIC term above needs only tr(K L), tr(K~ L~), K~ 1 and L~ 1, and these can be computed
 either from the (p1, p2) feature products (X^T Y costs n p1 p2) or from the (n, n) Gram matrices
 (costs n^2 (p1 + p2)). :func:`linear_cka` and :func:`cka_by_layer` pick the cheaper form; all
-arithmetic is float64.
+their arithmetic is float64. :class:`MinibatchCKA` always uses the Gram form and forms the Gram
+matrices of float32 (and lower precision) inputs in float32 (its docstring says how accurate that is).
 
 Constant representations. If X (or Y) is the same for every example (zero variance after centring;
 SCIENCE.md: at the last prompt token the embedding layer is constant because every prompt ends with the
@@ -44,6 +45,7 @@ tokens; dominated by prompt tokens, SCIENCE.md). State which one you report.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Literal, Union
@@ -75,6 +77,11 @@ MIN_N_DEBIASED = 4
 # A representation counts as constant when ||Xc||_F <= _CONST_RTOL * ||X||_F (or X is all zeros).
 # Rows that are bitwise identical give ||Xc|| ~ 1e-16 ||X|| from float64 rounding of the mean.
 _CONST_RTOL = 1e-10
+# MinibatchCKA forms Gram matrices of float32/float16/bfloat16 inputs in float32; a layer with
+# ||Xc||_F^2 <= _F32_REDO ||X||_F^2 (centred norm below 1e-4 of the norm) is checked in float64 (and its batch is
+# done in float64 unless the layer is constant).
+_F32_REDO = 1e-8
+_LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class ConstantRepresentationError(ValueError):
@@ -196,10 +203,10 @@ def u_centered_gram(K: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     U = K if inplace else K.clone()
     U.diagonal(dim1=-2, dim2=-1).zero_()
     r = U.sum(-1)
-    s = r.sum(-1)
-    U.sub_(r.unsqueeze(-1), alpha=1.0 / (n - 2))
-    U.sub_(r.unsqueeze(-2), alpha=1.0 / (n - 2))
-    U.add_((s / ((n - 1) * (n - 2)))[..., None, None])
+    s = r.sum(-1, keepdim=True)
+    # U_ij = K~_ij + a_i + a_j with a = s / (2 (n-1)(n-2)) - r / (n-2): two passes over U
+    a = s / (2.0 * (n - 1) * (n - 2)) - r / (n - 2)
+    U.add_(a.unsqueeze(-1)).add_(a.unsqueeze(-2))
     U.diagonal(dim1=-2, dim2=-1).zero_()
     return U
 
@@ -317,7 +324,25 @@ class MinibatchCKA:
         for batch in loader:
             acc.update([h_a0, h_a1, ...], [h_b0, h_b1, ...])   # each (n_b, p) or (n_b, ...) flattened
         acc.compute()   # (n_layers,) for "diagonal", (n_x, n_y) for "all"
+
+    How it is computed. :meth:`update` centres the flattened features of every layer of both sides and
+    forms their Gram matrices in one batched product (per side, or per layer, when widths differ), into
+    a buffer of pending batches. Once the buffer is full (16 MiB) or at :meth:`compute`, all pending
+    Gram matrices are U-centred (debiased) or double-centred (biased) in place, and every HSIC term is
+    an inner product of two flattened centred Gram matrices: all x-y pairs of all pending batches in
+    one batched matrix product. Sums over batches are kept in float64.
+
+    Precision. float64 inputs (and numpy arrays other than float32) are handled in float64 throughout,
+    as in :func:`linear_cka`. float32, float16 and bfloat16 inputs are centred, multiplied and
+    U-centred in float32, the precision of the inputs (torch-cka does all of it in float32): CKA then
+    differs from the float64 result by about 1e-7 (``tests/test_drift.py`` checks the two paths
+    against each other). Layers whose centred features are tiny next to their mean (norm ratio below
+    1e-4) are checked in float64: constant ones are recognised exactly as in float64, and a batch with
+    a nearly constant layer is done in float64, so no precision is lost to cancellation.
     """
+
+    #: Size (bytes) of the buffer of pending Gram matrices.
+    PENDING_BYTES = 16 * 2**20
 
     def __init__(self, pairs: Literal["diagonal", "all"] = "diagonal", debiased: bool = True):
         if pairs not in ("diagonal", "all"):
@@ -326,117 +351,202 @@ class MinibatchCKA:
         self.debiased = bool(debiased)
         self.n_batches = 0
         self.n_examples = 0
-        self._hxy: torch.Tensor | None = None
+        self._hxy: torch.Tensor | None = None  # float64 running sums of the HSIC terms
         self._hxx: torch.Tensor | None = None
         self._hyy: torch.Tensor | None = None
-        self._varies_x: torch.Tensor | None = None
-        self._varies_y: torch.Tensor | None = None
+        self._n_layers: tuple[int, int] | None = None
+        self._varies: np.ndarray | None = None  # (Lx + Ly,) bool: not constant on some batch
+        self._buf: torch.Tensor | None = None  # (capacity, Lx + Ly, n, n) pending Gram matrices
+        self._n_pending = 0
+        self._stage: torch.Tensor | None = None  # (Lx + Ly, n, p) reused copy of one batch's features
 
+    # ---- features -> Gram matrices
     @staticmethod
-    def _grams(feats, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layers' features on one batch -> (L, n, n) float64 Gram matrices of the centred, flattened
-        features, and (L,) bool "constant on this batch" (whose Gram is set exactly to zero).
-
-        ``feats``: a sequence of L arrays/tensors (n, ...) or one (L, n, p) tensor. Centring is done on
-        the features in float64 (no cancellation), and constancy is read off the Gram matrix:
-        ||Xc||_F^2 = tr(Xc Xc^T) and ||X||_F^2 = ||Xc||_F^2 + n ||mean||^2 (no extra pass over X).
-        """
-        if isinstance(feats, torch.Tensor) and feats.ndim == 3:
-            F = feats.detach().to(torch.float64)
-            flat, own = None, False
+    def _layer_list(feats, side: str) -> list[torch.Tensor]:
+        """One side's layers as a list of 2-D tensors (n, p_i): flattened, detached, not copied."""
+        if isinstance(feats, torch.Tensor):
+            if feats.ndim != 3:
+                raise ValueError(f"{side}: expected a sequence of (n, ...) arrays or one (L, n, p) tensor")
+            mats = list(feats.detach().unbind(0))
         else:
             if len(feats) == 0:
                 raise ValueError(f"{side}: need at least one layer")
-            mats = [
-                f.detach() if isinstance(f, torch.Tensor) else _as_float64(f, f"{side}[{i}]")
-                for i, f in enumerate(feats)
-            ]
-            n = mats[0].shape[0]
-            for i, m in enumerate(mats):
-                if m.ndim < 2 or m.shape[0] != n:
-                    raise ValueError(f"{side}[{i}]: expected (n, ...) with n = {n}, got shape {tuple(m.shape)}")
-            flat = [m.reshape(n, -1) for m in mats]
-            if all(f.shape[1] == flat[0].shape[1] for f in flat):
-                # one pass per layer: read the input dtype, write float64
-                F = torch.empty((len(flat), n, flat[0].shape[1]), dtype=torch.float64, device=flat[0].device)
-                for i, f in enumerate(flat):
-                    F[i].copy_(f)
-                flat, own = None, True
-        if flat is None:
+            mats = []
+            for i, f in enumerate(feats):
+                if isinstance(f, torch.Tensor):
+                    if f.is_complex():
+                        raise TypeError(f"{side}[{i}]: complex values are not supported")
+                    mats.append(f.detach())
+                elif isinstance(f, np.ndarray) and f.dtype == np.float32:
+                    mats.append(torch.from_numpy(f))
+                else:
+                    mats.append(_as_float64(f, f"{side}[{i}]"))
+        n = mats[0].shape[0] if mats[0].ndim else 0
+        for i, m in enumerate(mats):
+            if m.ndim < 2 or m.shape[0] != n:
+                raise ValueError(f"{side}[{i}]: expected (n, ...) with n = {n}, got shape {tuple(m.shape)}")
+        return [m.reshape(n, -1) for m in mats]
+
+    def _centred_grams(
+        self, mats: list[torch.Tensor], dtype: torch.dtype, out: torch.Tensor, stage: bool
+    ) -> torch.Tensor:
+        """Gram matrices of the column-centred features of ``mats`` (n, p_i) into ``out`` (L, n, n);
+        returns the (L,) squared norms of the column means. Layers of one width: one batched product
+        (on a reused staging copy when ``stage``)."""
+        n, p = mats[0].shape
+        if all(m.shape[1] == p for m in mats):
+            shape = (len(mats), n, p)
+            if stage:
+                if self._stage is None or tuple(self._stage.shape) != shape or self._stage.dtype != dtype:
+                    self._stage = torch.empty(shape, dtype=dtype, device=mats[0].device)
+                F = self._stage
+            else:
+                F = torch.empty(shape, dtype=dtype, device=mats[0].device)
+            if all(m.dtype == dtype for m in mats):
+                torch.stack(mats, out=F)
+            else:
+                for i, m in enumerate(mats):
+                    F[i].copy_(m)
             mu = F.mean(-2, keepdim=True)
-            Fc = F.sub_(mu) if own else F - mu  # in place only on our own copy
-            G = Fc @ Fc.transpose(-1, -2)
-            mu_sq = mu.square().sum((-1, -2))
-        else:  # layers of different widths: one Gram each
-            Gs, mus = [], []
-            for f in flat:
-                f = f.to(torch.float64)
-                mu = f.mean(0, keepdim=True)
-                fc = f - mu
-                Gs.append(fc @ fc.T)
-                mus.append(mu.square().sum())
-            G, mu_sq = torch.stack(Gs), torch.stack(mus)
-        n = G.shape[-1]
-        dg = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)  # ||Xc||_F^2 per layer
-        bad = ~(torch.isfinite(dg) & torch.isfinite(mu_sq))  # inf/nan in X reach diag(G) or the mean
-        if bad.any():
-            raise ValueError(f"{side}[{int(bad.nonzero()[0])}]: contains NaN or infinite values")
-        const = dg <= _CONST_RTOL**2 * (dg + n * mu_sq)
-        if bool(const.any()):
-            G[const] = 0.0
-        return G, const
+            F.sub_(mu)
+            torch.bmm(F, F.transpose(-1, -2), out=out)
+            return mu.square().sum((-1, -2))
+        mus = []
+        for i, m in enumerate(mats):  # layers of different widths: one product each
+            m = m.to(dtype)
+            mu = m.mean(0, keepdim=True)
+            mc = m - mu
+            torch.mm(mc, mc.T, out=out[i])
+            mus.append(mu.square().sum())
+        return torch.stack(mus)
+
+    def _add_grams(self, mats: list[torch.Tensor], lx: int, n: int, dtype: torch.dtype) -> np.ndarray | None:
+        """Centred Gram matrices of one batch into the next buffer slot; returns which layers are
+        constant (their Gram matrices are set to zero), or None (slot not used) when ``dtype`` is float32
+        and a layer is too close to constant for it."""
+        device = mats[0].device
+        buf = self._buf
+        if buf is not None and (buf.shape[-1] != n or buf.dtype != dtype or buf.device != device):
+            self._flush()
+            buf = None
+        if buf is None:
+            per_batch = len(mats) * n * n * (4 if dtype == torch.float32 else 8)
+            capacity = max(1, min(64, self.PENDING_BYTES // per_batch))
+            buf = self._buf = torch.empty((capacity, len(mats), n, n), dtype=dtype, device=device)
+            self._n_pending = 0
+        G = buf[self._n_pending]
+        if all(m.shape[1] == mats[0].shape[1] for m in mats):
+            mu_sq = self._centred_grams(mats, dtype, G, stage=True)
+        else:
+            mx, my = mats[:lx], mats[lx:]
+            mu_sq = torch.cat(
+                [self._centred_grams(mx, dtype, G[:lx], False), self._centred_grams(my, dtype, G[lx:], False)]
+            )
+        # ||Xc||_F^2 = tr(Xc Xc^T) and ||X||_F^2 = ||Xc||_F^2 + n ||mean||^2: one check per batch for
+        # non-finite input, constant layers and (float32) layers too close to constant for float32
+        low = dtype == torch.float32
+        dg = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)
+        ok = dg > (_F32_REDO if low else _CONST_RTOL**2) * (dg + n * mu_sq)  # False also for nan/inf
+        const = np.zeros(len(mats), dtype=bool)
+        if not bool(ok.all()):
+            for i in (~ok).nonzero().flatten().tolist():
+                g, m2 = G[i], float(mu_sq[i])
+                if low:  # check this layer in float64 (also float32 overflow)
+                    g = torch.empty((1, n, n), dtype=torch.float64, device=device)
+                    m2 = float(self._centred_grams([mats[i]], torch.float64, g, stage=False)[0])
+                    g = g[0]
+                d = float(torch.diagonal(g).sum())
+                if not math.isfinite(d + n * m2):
+                    name = f"xs[{i}]" if i < lx else f"ys[{i - lx}]"
+                    raise ValueError(f"{name}: contains NaN or infinite values")
+                const[i] = d <= _CONST_RTOL**2 * (d + n * m2)
+                if not const[i] and low:
+                    return None
+                G[i] = 0.0
+        self._n_pending += 1
+        return const
 
     def update(self, xs: Sequence[ArrayLike] | torch.Tensor, ys: Sequence[ArrayLike] | torch.Tensor) -> None:
         """Add one batch: xs[i] is x-layer i on the batch (n_b, ...), ys[j] y-layer j (n_b, ...).
 
         ``xs``/``ys`` may also be one (L, n_b, p) tensor each (e.g. stacked hidden states).
         """
-        K, const_x = self._grams(xs, "xs")
-        Lm, const_y = self._grams(ys, "ys")
-        n = K.shape[-1]
-        if Lm.shape[-1] != n:
-            raise ValueError(f"xs, ys: batch sizes differ ({n} vs {Lm.shape[-1]})")
+        mx = self._layer_list(xs, "xs")
+        my = self._layer_list(ys, "ys")
+        lx, ly = len(mx), len(my)
+        n = mx[0].shape[0]
+        if my[0].shape[0] != n:
+            raise ValueError(f"xs, ys: batch sizes differ ({n} vs {my[0].shape[0]})")
         _check_n(n, self.debiased, "xs")
-        if self.pairs == "diagonal" and K.shape[0] != Lm.shape[0]:
-            raise ValueError(
-                f"xs, ys: pairs='diagonal' needs as many layers on both sides, got {K.shape[0]} and {Lm.shape[0]}"
-            )
-        if self._hxx is not None and (K.shape[0] != self._hxx.shape[0] or Lm.shape[0] != self._hyy.shape[0]):
+        if self.pairs == "diagonal" and lx != ly:
+            raise ValueError(f"xs, ys: pairs='diagonal' needs as many layers on both sides, got {lx} and {ly}")
+        if self._n_layers is not None and self._n_layers != (lx, ly):
             raise ValueError("xs, ys: the number of layers changed between batches")
-        if self.debiased:
-            K, Lm, c = u_centered_gram(K, inplace=True), u_centered_gram(Lm, inplace=True), n * (n - 3)
+        mats = mx + my
+        low = all(m.dtype in _LOW_PRECISION for m in mats)
+        const = self._add_grams(mats, lx, n, torch.float32 if low else torch.float64)
+        if const is None:  # a float32 layer close to constant: the whole batch in float64
+            const = self._add_grams(mats, lx, n, torch.float64)
+        if self._n_layers is None:
+            self._n_layers = (lx, ly)
+            self._varies = ~const
         else:
-            c = (n - 1) ** 2  # K, L are already centred (features were centred); HSIC_0 = <K, L>/(n-1)^2
-        Kf, Lf = K.reshape(K.shape[0], -1), Lm.reshape(Lm.shape[0], -1)
-        hxx = torch.linalg.vector_norm(Kf, dim=-1).square() / c
-        hyy = torch.linalg.vector_norm(Lf, dim=-1).square() / c
-        if self.pairs == "diagonal":
-            hxy = torch.bmm(Kf.unsqueeze(1), Lf.unsqueeze(2)).reshape(-1) / c
-        else:
-            hxy = (Kf @ Lf.T) / c
+            self._varies |= ~const
+        self.n_batches += 1
+        self.n_examples += n
+        if self._n_pending == self._buf.shape[0]:
+            self._flush()
+
+    def _flush(self) -> None:
+        """HSIC terms of the pending batches (one n), added to the float64 running sums."""
+        B = self._n_pending
+        if B == 0:
+            return
+        self._n_pending = 0
+        lx, ly = self._n_layers
+        G = self._buf[:B]  # (B, Lx + Ly, n, n), centred Gram matrices
+        n = G.shape[-1]
+        if self.debiased:  # HSIC_1 = <U(K), U(L)> / (n (n - 3))
+            u_centered_gram(G, inplace=True)
+            c = 1.0 / (n * (n - 3))
+        else:  # HSIC_0 = <HKH, HLH> / (n - 1)^2 (features were centred: this only removes rounding)
+            r = G.sum(-1)
+            s = r.sum(-1)
+            G.sub_(r.unsqueeze(-1), alpha=1.0 / n).sub_(r.unsqueeze(-2), alpha=1.0 / n)
+            G.add_((s / n**2)[..., None, None])
+            c = 1.0 / (n - 1) ** 2
+        # inner products of the centred Gram matrices: per row in the Gram dtype (short sums, accurate
+        # in float32), the n row sums and the batches in float64
+        self_terms = torch.linalg.vector_norm(G, dim=-1).double().square().sum((0, -1))  # (Lx + Ly,)
+        cross = 0.0
+        for b in range(B):
+            Gx, Gy = G[b, :lx], G[b, lx:]  # (Lx, n, n), (Ly, n, n), each contiguous
+            if self.pairs == "all":  # row i: (Lx, n) @ (n, Ly), all rows in one batched product
+                part = torch.bmm(Gx.transpose(0, 1), Gy.permute(1, 2, 0))  # (n, Lx, Ly)
+            else:  # row dots: (1, n) @ (n, 1) for every layer and row
+                part = torch.bmm(Gx.reshape(lx * n, 1, n), Gy.reshape(lx * n, n, 1)).reshape(lx, n).T
+            cross = cross + part.double().sum(0)
+        hxx, hyy, hxy = self_terms[:lx] * c, self_terms[lx:] * c, cross * c
         if self._hxy is None:
             self._hxy, self._hxx, self._hyy = hxy, hxx, hyy
-            self._varies_x, self._varies_y = ~const_x, ~const_y
         else:
-            self._varies_x |= ~const_x
-            self._varies_y |= ~const_y
             self._hxy += hxy
             self._hxx += hxx
             self._hyy += hyy
-        self.n_batches += 1
-        self.n_examples += n
 
     def compute(self) -> np.ndarray:
         """CKA per pair: (n_layers,) for ``"diagonal"``, (n_x, n_y) for ``"all"``; NaN where undefined
         (a side whose mean self-HSIC is not positive, e.g. a constant layer)."""
+        self._flush()
         if self._hxy is None:
             raise RuntimeError("MinibatchCKA.compute: no batch was added (call update first)")
+        lx = self._n_layers[0]
         hxx = self._hxx.cpu().numpy()
         hyy = self._hyy.cpu().numpy()
         hxy = self._hxy.cpu().numpy()
         # a layer that was constant on every batch has exactly zero self-HSIC (its Grams were zeroed)
-        hxx = np.where(self._varies_x.cpu().numpy(), hxx, 0.0)
-        hyy = np.where(self._varies_y.cpu().numpy(), hyy, 0.0)
+        hxx = np.where(self._varies[:lx], hxx, 0.0)
+        hyy = np.where(self._varies[lx:], hyy, 0.0)
         if self.pairs == "diagonal":
             denom = hxx * hyy
         else:
