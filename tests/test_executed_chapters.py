@@ -35,8 +35,10 @@ def _fresh_executed(name: str) -> Path:
     """The executed notebook of chapter ``name``, executed first when missing or stale."""
     ch = book.chapter(name, ROOT)
     parameters = book.chapter_parameters("quick")
+    if book.is_fresh(ch, parameters):
+        return ch.executed
     with book._build_lock(ROOT):  # a `forgetting book` running beside us writes the same files
-        if not book.is_fresh(ch, parameters):
+        if not book.is_fresh(ch, parameters):  # (it may have executed the chapter while we waited)
             book.execute_chapter(ch, parameters)
     return ch.executed
 
