@@ -138,15 +138,22 @@ class HessianOperator:
         for i, (t, s) in enumerate(zip(tensors, self.shapes)):
             if tuple(t.shape) != tuple(s):
                 raise ValueError(f"vectors[{i}]: expected shape {tuple(s)}, got {tuple(t.shape)}")
-        return torch.cat([t.detach().reshape(-1).to(self.device, torch.float64) for t in tensors])
+        out = torch.empty(self.dim, dtype=torch.float64, device=self.device)
+        for piece, t in zip(torch.split(out, self.numels), tensors):  # one pass: read, convert, write
+            piece.view(t.shape).copy_(t.detach())
+        return out
 
     def unflatten(self, flat: torch.Tensor, *, like_params: bool = True) -> list[torch.Tensor]:
         """(N,) -> per-parameter tensors (in the params' dtypes if ``like_params``, else float64)."""
         if flat.shape != (self.dim,):
             raise ValueError(f"flat vector: expected shape ({self.dim},), got {tuple(flat.shape)}")
+        dtypes = {p.dtype for p in self.params}
+        if like_params and len(dtypes) == 1:  # one conversion, then views
+            flat = flat.to(next(iter(dtypes)))
+            like_params = False
         out = []
         for piece, p in zip(torch.split(flat, self.numels), self.params):
-            piece = piece.reshape(p.shape)
+            piece = piece.view(p.shape)
             out.append(piece.to(p.dtype) if like_params else piece)
         return out
 
@@ -257,7 +264,8 @@ def lanczos(
     """Lanczos with full re-orthogonalisation for a symmetric operator ``matvec`` on R^dim.
 
     Iteration j: w = A q_j; alpha_j = q_j . w; w -= alpha_j q_j + beta_{j-1} q_{j-1}; then w is
-    re-orthogonalised twice against all previous q (classical Gram-Schmidt, float64), beta_j = ||w||,
+    re-orthogonalised against all previous q (classical Gram-Schmidt, float64; a second pass when the
+    first removed much of the norm, the criterion of Daniel et al. 1976), beta_j = ||w||,
     q_{j+1} = w / beta_j. T_m = tridiag(beta, alpha, beta); its eigenpairs (theta_i, s_i) give Ritz
     values theta_i and residual norms ``r_i = beta_m |s_i[m-1]|``.
 
@@ -327,17 +335,31 @@ def lanczos(
         if j >= Q.shape[0]:  # grow the basis storage geometrically
             Q = torch.cat([Q, torch.empty(min(Q.shape[0], m_max - Q.shape[0]), dim, dtype=Q.dtype, device=Q.device)])
         Q[j] = q
-        w = matvec(q).to(torch.float64)
+        w = matvec(q)
         n_mv += 1
-        if w.shape != (dim,) or not torch.isfinite(w).all():
-            raise FloatingPointError(f"matvec returned a non-finite or mis-shaped vector at iteration {j}")
+        if w.shape != (dim,):
+            raise FloatingPointError(f"matvec returned a mis-shaped vector at iteration {j}")
+        w = w.to(torch.float64, copy=True)  # our own copy: updated in place below
         alpha = float(q @ w)
+        if not math.isfinite(alpha):
+            raise FloatingPointError(f"matvec returned a non-finite vector at iteration {j}")
         alphas.append(alpha)
-        w = w - alpha * q - (betas[-1] * Q[j - 1] if j > 0 else 0.0)
+        w.sub_(q, alpha=alpha)
+        if j > 0:
+            w.sub_(Q[j - 1], alpha=betas[-1])
+        # full re-orthogonalisation against all previous q by classical Gram-Schmidt; a second pass
+        # only when the first removed more than 1 - 1/sqrt(2) of the norm (Daniel, Gragg, Kaufman &
+        # Stewart 1976), which after the three-term step above is rare
         Qj = Q[: j + 1]
+        before = float(torch.linalg.vector_norm(w))
         for _ in range(2):
-            w = w - Qj.T @ (Qj @ w)
-        beta = float(torch.linalg.vector_norm(w))
+            w.addmv_(Qj.T, Qj @ w, alpha=-1.0)
+            beta = float(torch.linalg.vector_norm(w))
+            if not math.isfinite(beta):
+                raise FloatingPointError(f"matvec returned a non-finite vector at iteration {j}")
+            if beta >= 0.7071 * before:
+                break
+            before = beta
 
         T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
         theta, S = np.linalg.eigh(T)
