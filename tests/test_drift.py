@@ -305,7 +305,9 @@ def test_minibatch_float32_path_matches_float64(pairs: str, debiased: bool) -> N
     """float32 inputs are centred and multiplied in float32: CKA within 1e-6 of the float64 path (the
     benchmark bar is 1e-4), for many narrow batches (p >> n), one wide batch (n >> p) and a large
     common offset."""
-    for sizes, widths in (([16] * 8, [512, 512, 512]), ([300], [32, 32, 32])):
+    # p >> n^2 (U-centred before the inner products), p ~ n^2 and n >> p (inner products of the
+    # zero-diagonal Grams with row-sum corrections)
+    for sizes, widths in (([8] * 4, [2048, 2048]), ([16] * 8, [512, 512, 512]), ([300], [32, 32, 32])):
         xs, ys = hidden_like_batches(12, sizes, widths, dtype=torch.float32, offset=30.0)
         got = MinibatchCKA(pairs=pairs, debiased=debiased)
         ref = MinibatchCKA(pairs=pairs, debiased=debiased)

@@ -498,35 +498,54 @@ class MinibatchCKA:
             self._flush()
 
     def _flush(self) -> None:
-        """HSIC terms of the pending batches (one n), added to the float64 running sums."""
+        """HSIC terms of the pending batches (one n), added to the float64 running sums.
+
+        Every term is a Frobenius inner product of two centred Gram matrices, taken row by row in the
+        Gram dtype (short sums: accurate in float32) and summed over rows and batches in float64.
+        Debiased, with K~ the Gram matrix with zero diagonal, r = K~ 1 and s = 1^T K~ 1 (module
+        docstring)::
+
+            <U(K), U(L)> = <K~, L~> + s_K s_L / ((n-1)(n-2)) - 2/(n-2) r_K . r_L
+
+        which needs no pass to U-centre the matrices. It subtracts large terms when ||K~||_F is much
+        larger than ||U(K)||_F (many features, few examples: the diagonal dominates), so when that
+        ratio exceeds 2 for some layer the matrices are U-centred first instead.
+        """
         B = self._n_pending
         if B == 0:
             return
         self._n_pending = 0
         lx, ly = self._n_layers
-        G = self._buf[:B]  # (B, Lx + Ly, n, n), centred Gram matrices
+        G = self._buf[:B]  # (B, Lx + Ly, n, n), Gram matrices of centred features
         n = G.shape[-1]
-        if self.debiased:  # HSIC_1 = <U(K), U(L)> / (n (n - 3))
-            u_centered_gram(G, inplace=True)
+        if self.debiased:
             c = 1.0 / (n * (n - 3))
-        else:  # HSIC_0 = <HKH, HLH> / (n - 1)^2 (features were centred: this only removes rounding)
-            r = G.sum(-1)
-            s = r.sum(-1)
-            G.sub_(r.unsqueeze(-1), alpha=1.0 / n).sub_(r.unsqueeze(-2), alpha=1.0 / n)
-            G.add_((s / n**2)[..., None, None])
+            c1, c2 = 1.0 / ((n - 1) * (n - 2)), 2.0 / (n - 2)
+            G.diagonal(dim1=-2, dim2=-1).zero_()
+        else:  # <HKH, HLH> = <K, L> - 2/n (K 1).(L 1) + (1'K1)(1'L1)/n^2
             c = 1.0 / (n - 1) ** 2
-        # inner products of the centred Gram matrices: per row in the Gram dtype (short sums, accurate
-        # in float32), the n row sums and the batches in float64
-        self_terms = torch.linalg.vector_norm(G, dim=-1).double().square().sum((0, -1))  # (Lx + Ly,)
+            c1, c2 = 1.0 / n**2, 2.0 / n
+        r = G.sum(-1, dtype=torch.float64)  # (B, Lx + Ly, n)
+        s = r.sum(-1)
+        t_self = torch.linalg.vector_norm(G, dim=-1).double().square().sum(-1)  # (B, Lx + Ly)
+        h_self = t_self + c1 * s * s - c2 * (r * r).sum(-1)  # (B, Lx + Ly)
+        if self.debiased and bool((t_self > 4.0 * h_self).any()):  # ||K~|| > 2 ||U(K)||: U-centre
+            u_centered_gram(G, inplace=True)
+            r = torch.zeros_like(r)
+            s = torch.zeros_like(s)
+            t_self = h_self = torch.linalg.vector_norm(G, dim=-1).double().square().sum(-1)
+        rx, ry, sx, sy = r[:, :lx], r[:, lx:], s[:, :lx], s[:, lx:]
         cross = 0.0
         for b in range(B):
             Gx, Gy = G[b, :lx], G[b, lx:]  # (Lx, n, n), (Ly, n, n), each contiguous
             if self.pairs == "all":  # row i: (Lx, n) @ (n, Ly), all rows in one batched product
-                part = torch.bmm(Gx.transpose(0, 1), Gy.permute(1, 2, 0))  # (n, Lx, Ly)
+                t = torch.bmm(Gx.transpose(0, 1), Gy.permute(1, 2, 0)).double().sum(0)  # (Lx, Ly)
+                cross = cross + t + c1 * sx[b, :, None] * sy[b, None, :] - c2 * (rx[b] @ ry[b].T)
             else:  # row dots: (1, n) @ (n, 1) for every layer and row
-                part = torch.bmm(Gx.reshape(lx * n, 1, n), Gy.reshape(lx * n, n, 1)).reshape(lx, n).T
-            cross = cross + part.double().sum(0)
-        hxx, hyy, hxy = self_terms[:lx] * c, self_terms[lx:] * c, cross * c
+                t = torch.bmm(Gx.reshape(lx * n, 1, n), Gy.reshape(lx * n, n, 1)).reshape(lx, n).double().sum(-1)
+                cross = cross + t + c1 * sx[b] * sy[b] - c2 * (rx[b] * ry[b]).sum(-1)
+        h_self = h_self.sum(0)
+        hxx, hyy, hxy = h_self[:lx] * c, h_self[lx:] * c, cross * c
         if self._hxy is None:
             self._hxy, self._hxx, self._hyy = hxy, hxx, hyy
         else:
