@@ -18,13 +18,15 @@ import pandas as pd
 from forgetting.viz.charts import _check_columns, _js, _per_metric_expr, _value_domains
 
 #: Measures in the heatmap's select (column of :func:`head_table` -> label).
+#: ``weight_change`` depends on the snapshots only, not on the old task's data: it is not last, so that
+#: the pair select, operated after the measure select has run through its options, always redraws.
 HEAD_MEASURES = {
     "combined_z": "combined disruption (z vs null)",
     "js_divergence": "attention JS divergence (bits)",
+    "weight_change": "relative weight change (same for every old task)",
     "entropy_change": "attention entropy change (bits)",
     "output_similarity": "output cosine similarity",
     "output_cka": "output CKA",
-    "weight_change": "relative weight change",
 }
 SIGNED = ("entropy_change", "combined_z")
 #: The paper's range of severely disrupted heads (abstract of arXiv 2601.18699).
