@@ -525,7 +525,7 @@ class MinibatchCKA:
         else:  # <HKH, HLH> = <K, L> - 2/n (K 1).(L 1) + (1'K1)(1'L1)/n^2
             c = 1.0 / (n - 1) ** 2
             c1, c2 = 1.0 / n**2, 2.0 / n
-        r = G.sum(-1, dtype=torch.float64)  # (B, Lx + Ly, n)
+        r = G.sum(-1).double()  # (B, Lx + Ly, n); summed in the Gram dtype (a float64 sum is slow)
         s = r.sum(-1)
         t_self = torch.linalg.vector_norm(G, dim=-1).double().square().sum(-1)  # (B, Lx + Ly)
         h_self = t_self + c1 * s * s - c2 * (r * r).sum(-1)  # (B, Lx + Ly)
