@@ -95,6 +95,21 @@ def test_lanczos_eigenvectors_and_counts() -> None:
     assert len(res.ritz_values) == res.n_iter and np.all(np.diff(res.ritz_values) <= 0)
 
 
+def test_lanczos_keeps_its_basis_orthogonal_long_after_convergence() -> None:
+    """Re-orthogonalisation (one classical Gram-Schmidt pass, a second only by the DGKS criterion):
+    run far past convergence on a wide spectrum, where plain Lanczos loses orthogonality and returns
+    spurious copies ("ghosts") of converged eigenvalues. The k largest must be distinct and exact,
+    and the Ritz vectors orthonormal."""
+    evals = torch.cat([torch.tensor([1e4, 9e3, 5e3, 1e3]), torch.logspace(2, -3, 196)])
+    A = sym_with_spectrum(evals, seed=4)
+    res = lanczos(lambda v: A @ v, 200, 4, which="LA", tol=1e-14, max_iter=120, return_eigenvectors=True)
+    np.testing.assert_allclose(res.eigenvalues, [1e4, 9e3, 5e3, 1e3], rtol=1e-10)
+    V = res.eigenvectors
+    torch.testing.assert_close(V.T @ V, torch.eye(4, dtype=torch.float64), atol=1e-8, rtol=0)
+    top = res.ritz_values[:8]
+    assert np.sum(np.abs(top - 1e4) < 1e-3 * 1e4) == 1  # no ghost copy of the top eigenvalue
+
+
 def test_lanczos_small_space_is_exact_and_validates() -> None:
     A = torch.diag(torch.tensor([4.0, -1.0, 2.0], dtype=torch.float64))
     res = lanczos(lambda v: A @ v, 3, 3, which="LA", max_iter=50)
