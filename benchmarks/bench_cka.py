@@ -9,7 +9,8 @@ decoder layers 0-2, final-norm output) = what torch-cka's hooks on ``model.embed
 
 Estimator on both sides: debiased (unbiased-HSIC) minibatch CKA of Nguyen et al. 2021 over all 5 x 5
 layer pairs, which is what ``torch_cka.CKA.compare`` computes; ours is
-:class:`~forgetting.mechanisms.drift.MinibatchCKA` ``(pairs="all")``. Scenarios (features):
+:class:`~forgetting.mechanisms.drift.MinibatchCKA` ``(pairs="all")``, which forms the Gram matrices of
+these float32 features in float32 (torch-cka does everything in float32). Scenarios (features):
 
 - ``flat-seq/b16``: each sequence flattened to (seq*d) = 4096 features, minibatches of 16 sequences:
   torch-cka's own design point (its hooks flatten module outputs per example).
@@ -19,12 +20,17 @@ layer pairs, which is what ``torch_cka.CKA.compare`` computes; ours is
   torch-cka's cost grows as n^3 per layer pair (it forms K @ L for tr(K L)); ours as n^2 per pair
   (inner product of U-centred Gram matrices) plus n^2 p per layer for the Gram matrices.
 
-Timings, median of ``--repeats`` (the sides alternate so that machine load hits both alike):
+Timings, median of ``--repeats`` of wall time and of CPU time (``time.process_time``; the steadier
+measure on a shared machine); the sides alternate, and which goes first alternates too, so that
+machine load and cache state hit both alike:
 "CKA only" feeds the same precomputed features to both (torch-cka through stand-in modules that replay
 the cached tensors into its hooks, so its ``compare`` runs no model); "end to end" (``flat-seq/b16``
 only) includes both models' forward passes (torch-cka's ``compare`` with hooks on the real models vs our
-loop). Also timed: :func:`~forgetting.mechanisms.drift.cka_by_layer` (full batch, same-layer pairs only)
-for each readout on all 256 sequences.
+loop), next to the forward passes alone. Also timed, as a floor: the float32 products that form the
+Gram matrices of all layers from centred, stacked features (torch-cka's CPU time over it bounds the
+speed-up of any implementation that forms those Gram matrices). Values: both sides against the same estimator computed in
+float64 (the features cast to float64). Also timed: :func:`~forgetting.mechanisms.drift.cka_by_layer`
+(full batch, same-layer pairs only) for each readout on all 256 sequences.
 
 Run: ``.venv/bin/python benchmarks/bench_cka.py --out benchmarks/results/cka.json``
 (needs ``pip install -c requirements/torch.txt -c requirements/lock.txt -r requirements/bench.txt``).
@@ -80,17 +86,33 @@ def build_models(seed: int, noise: float):
 # ---------------------------------------------------------------------------------------------------
 
 
-def ours_cached(feats_a: Features, feats_b: Features) -> tuple[np.ndarray, float]:
-    t0 = time.perf_counter()
+class Clock:
+    """Wall time and CPU time of this process (on a shared machine CPU time is the steadier measure:
+    it leaves out the time the process waited for a core)."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def ours_cached(feats_a: Features, feats_b: Features) -> tuple[np.ndarray, tuple[float, float]]:
+    clock = Clock()
     acc = MinibatchCKA(pairs="all", debiased=True)
     for fa, fb in zip(feats_a, feats_b):
         acc.update(fa, fb)
     out = acc.compute()
-    return out, time.perf_counter() - t0
+    return out, clock.stop()
 
 
-def ours_end_to_end(model_a, model_b, batches: list[torch.Tensor]) -> tuple[np.ndarray, float]:
-    t0 = time.perf_counter()
+def float64_reference(feats_a: Features, feats_b: Features) -> np.ndarray:
+    """The same estimator on the features cast to float64 (MinibatchCKA's float64 path)."""
+    return ours_cached([[f.double() for f in fs] for fs in feats_a], [[f.double() for f in fs] for fs in feats_b])[0]
+
+
+def ours_end_to_end(model_a, model_b, batches: list[torch.Tensor]) -> tuple[np.ndarray, tuple[float, float]]:
+    clock = Clock()
     acc = MinibatchCKA(pairs="all", debiased=True)
     with torch.no_grad():
         for x in batches:
@@ -98,19 +120,29 @@ def ours_end_to_end(model_a, model_b, batches: list[torch.Tensor]) -> tuple[np.n
             hb = model_b(input_ids=x, output_hidden_states=True).hidden_states
             acc.update([h.flatten(1) for h in ha], [h.flatten(1) for h in hb])
     out = acc.compute()
-    return out, time.perf_counter() - t0
+    return out, clock.stop()
 
 
-def _torch_cka_compare(m1, m2, loader, layers: list[str]) -> tuple[np.ndarray, float]:
+def forward_only(model_a, model_b, batches: list[torch.Tensor]) -> tuple[None, tuple[float, float]]:
+    """The forward passes both sides need (both models, every batch, hidden states kept), no CKA."""
+    clock = Clock()
+    with torch.no_grad():
+        for x in batches:
+            model_a(input_ids=x, output_hidden_states=True)
+            model_b(input_ids=x, output_hidden_states=True)
+    return None, clock.stop()
+
+
+def _torch_cka_compare(m1, m2, loader, layers: list[str]) -> tuple[np.ndarray, tuple[float, float]]:
     from torch_cka import CKA
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cka = CKA(m1, m2, model1_name="a", model2_name="b", model1_layers=layers, model2_layers=layers, device="cpu")
-        t0 = time.perf_counter()
+        clock = Clock()
         with torch.no_grad():  # torch-cka itself runs the forward passes with autograd on
             cka.compare(loader)
-        seconds = time.perf_counter() - t0
+        seconds = clock.stop()
     assert cka.model1_info["Layers"] == layers, cka.model1_info["Layers"]
     return cka.export()["CKA"].double().numpy(), seconds
 
@@ -129,7 +161,7 @@ class Replay(nn.Module):
             layer(f)
 
 
-def torch_cka_cached(feats_a: Features, feats_b: Features) -> tuple[np.ndarray, float]:
+def torch_cka_cached(feats_a: Features, feats_b: Features) -> tuple[np.ndarray, tuple[float, float]]:
     from torch.utils.data import DataLoader, TensorDataset
 
     loader = DataLoader(TensorDataset(torch.arange(len(feats_a))), batch_size=1, shuffle=False)
@@ -137,7 +169,7 @@ def torch_cka_cached(feats_a: Features, feats_b: Features) -> tuple[np.ndarray, 
     return _torch_cka_compare(Replay(feats_a), Replay(feats_b), loader, names)
 
 
-def torch_cka_end_to_end(model_a, model_b, batches: list[torch.Tensor]) -> tuple[np.ndarray, float]:
+def torch_cka_end_to_end(model_a, model_b, batches: list[torch.Tensor]) -> tuple[np.ndarray, tuple[float, float]]:
     from torch.utils.data import DataLoader, TensorDataset
 
     ma, mb = copy.deepcopy(model_a), copy.deepcopy(model_b)  # torch-cka leaves hooks on the models
@@ -150,10 +182,32 @@ def torch_cka_end_to_end(model_a, model_b, batches: list[torch.Tensor]) -> tuple
 # ---------------------------------------------------------------------------------------------------
 
 
-def compare_values(ours: np.ndarray, theirs: np.ndarray) -> dict:
+def gram_products_only(feats_a: Features, feats_b: Features, repeats: int) -> dict:
+    """The part no implementation of this estimator can skip: for every batch, the Gram matrices of
+    the 10 layers (both sides) from features already centred and stacked, one float32 batched product
+    (the same MKL kernel torch-cka's ``X @ X.t()`` calls). Median CPU time over ``repeats``."""
+    stacked = [torch.stack(list(fa) + list(fb)) for fa, fb in zip(feats_a, feats_b)]
+    stacked = [f - f.mean(-2, keepdim=True) for f in stacked]
+    out = [torch.empty(f.shape[0], f.shape[1], f.shape[1]) for f in stacked]
+    cpu = []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        for f, o in zip(stacked, out):
+            torch.bmm(f, f.transpose(1, 2), out=o)
+        cpu.append(time.process_time() - c0)
+    return {"cpu_seconds": statistics.median(cpu)}
+
+
+def compare_values(ours: np.ndarray, theirs: np.ndarray, ref: np.ndarray | None = None) -> dict:
     both = np.isfinite(ours) & np.isfinite(theirs)
     diag = np.diag(both)
-    return {
+    extra = {}
+    if ref is not None:  # both sides against the float64 computation of the same estimator
+        extra = {
+            "max_abs_diff_ours_vs_float64": float(np.max(np.abs(ours - ref)[both])),
+            "max_abs_diff_torch_cka_vs_float64": float(np.max(np.abs(theirs - ref)[both])),
+        }
+    return extra | {
         "max_abs_diff_all_pairs": float(np.max(np.abs(ours - theirs)[both])),
         "max_abs_diff_same_layer": float(np.max(np.abs(np.diag(ours) - np.diag(theirs))[diag])),
         "pairs_compared": int(both.sum()),
@@ -163,18 +217,26 @@ def compare_values(ours: np.ndarray, theirs: np.ndarray) -> dict:
 
 
 def timed_pair(fn_ours, fn_theirs, repeats: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Alternate the two sides ``repeats`` times; medians of wall time and of CPU time."""
     ours_runs, theirs_runs = [], []
-    for _ in range(repeats):
-        ours_runs.append(fn_ours())
-        theirs_runs.append(fn_theirs())
-    t_o = statistics.median(r[1] for r in ours_runs)
-    t_t = statistics.median(r[1] for r in theirs_runs)
+    for r in range(repeats):
+        first, second = (fn_ours, fn_theirs) if r % 2 == 0 else (fn_theirs, fn_ours)
+        a, b = first(), second()
+        ours_runs.append(a if r % 2 == 0 else b)
+        theirs_runs.append(b if r % 2 == 0 else a)
+    t_o = statistics.median(r[1][0] for r in ours_runs)
+    t_t = statistics.median(r[1][0] for r in theirs_runs)
+    c_o = statistics.median(r[1][1] for r in ours_runs)
+    c_t = statistics.median(r[1][1] for r in theirs_runs)
     timing = {
         "seconds_ours": t_o,
         "seconds_torch_cka": t_t,
         "speedup_ours": t_t / t_o,
-        "all_seconds_ours": [round(r[1], 5) for r in ours_runs],
-        "all_seconds_torch_cka": [round(r[1], 5) for r in theirs_runs],
+        "cpu_seconds_ours": c_o,
+        "cpu_seconds_torch_cka": c_t,
+        "cpu_speedup_ours": c_t / c_o,
+        "all_seconds_ours": [round(r[1][0], 5) for r in ours_runs],
+        "all_seconds_torch_cka": [round(r[1][0], 5) for r in theirs_runs],
     }
     return timing, ours_runs[0][0], theirs_runs[0][0]
 
@@ -234,7 +296,11 @@ def main() -> None:
             "features": int(fa[0][0].shape[1]),
             "batches": len(fa),
             "cka_only": timing,
-        } | compare_values(ours, theirs)
+        } | compare_values(ours, theirs, float64_reference(fa, fb))
+        gram = gram_products_only(fa, fb, args.repeats)
+        results[name]["gram_products_only"] = gram | {
+            "upper_bound_cpu_speedup": timing["cpu_seconds_torch_cka"] / gram["cpu_seconds"]
+        }
         print(name, json.dumps(results[name]), flush=True)
 
     first = next(iter(scenarios))
@@ -245,6 +311,11 @@ def main() -> None:
     )
     results[first]["end_to_end"] = timing
     results[first]["end_to_end_values"] = compare_values(ours, theirs)
+    fwd = [forward_only(model_a, model_b, batches)[1] for _ in range(args.repeats)]
+    results[first]["forward_passes_only"] = {
+        "seconds": statistics.median(f[0] for f in fwd),
+        "cpu_seconds": statistics.median(f[1] for f in fwd),
+    }
 
     full = {}
     for readout in ("last", "mean", "tokens"):
