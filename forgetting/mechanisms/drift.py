@@ -327,16 +327,18 @@ class MinibatchCKA:
 
     How it is computed. :meth:`update` centres the flattened features of every layer of both sides and
     forms their Gram matrices in one batched product (per side, or per layer, when widths differ), into
-    a buffer of pending batches. Once the buffer is full (16 MiB) or at :meth:`compute`, all pending
-    Gram matrices are U-centred (debiased) or double-centred (biased) in place, and every HSIC term is
-    an inner product of two flattened centred Gram matrices: all x-y pairs of all pending batches in
-    one batched matrix product. Sums over batches are kept in float64.
+    a buffer of pending batches. Once the buffer is full (16 MiB) or at :meth:`compute`, every HSIC
+    term of the pending batches is a Frobenius inner product of two Gram matrices with zeroed diagonal
+    plus corrections from their row sums (``_flush`` gives the formula; when the features are much
+    wider than n^2, where those corrections would cancel, the matrices are U-centred first), taken row
+    by row in the Gram dtype, with all x-y layer pairs of a batch in one batched product. Sums over
+    rows and batches are kept in float64.
 
     Precision. float64 inputs (and numpy arrays other than float32) are handled in float64 throughout,
-    as in :func:`linear_cka`. float32, float16 and bfloat16 inputs are centred, multiplied and
-    U-centred in float32, the precision of the inputs (torch-cka does all of it in float32): CKA then
-    differs from the float64 result by about 1e-7 (``tests/test_drift.py`` checks the two paths
-    against each other). Layers whose centred features are tiny next to their mean (norm ratio below
+    as in :func:`linear_cka`. float32, float16 and bfloat16 inputs are centred and multiplied in
+    float32, the precision of the inputs (torch-cka does all of it in float32): CKA then differs from
+    the float64 result by about 1e-8 (``tests/test_drift.py`` checks the two paths against each
+    other). Layers whose centred features are tiny next to their mean (norm ratio below
     1e-4) are checked in float64: constant ones are recognised exactly as in float64, and a batch with
     a nearly constant layer is done in float64, so no precision is lost to cancellation.
     """
