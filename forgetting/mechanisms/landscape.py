@@ -272,7 +272,7 @@ def lanczos(
     Stopping rule (checked once at least k (2k for "both") Ritz values exist): every wanted Ritz value
     theta_i satisfies one of::
 
-      (a) r_i <= tol * max_j |theta_j|  (an eigenvalue of A lies within r_i of theta_i);
+      (a) r_i <= tol * |theta_i|  (an eigenvalue of A lies within r_i of theta_i; ARPACK's test);
       (b) r_i^2 / gap_i <= tol * |theta_i| and theta_i changed by < tol * |theta_i| in the last
           iteration, with gap_i the distance to the nearest other Ritz value (the a-posteriori error
           estimate |theta_i - lambda| <~ r_i^2 / gap; the gap is estimated from the Ritz values, hence
@@ -280,7 +280,7 @@ def lanczos(
       (c) theta_i changed by < tol * |theta_i| relative on each of the last two iterations.
 
     With ``return_eigenvectors=True`` only (a) counts, so that every returned Ritz vector y has
-    ||A y - theta y|| <= tol * max|theta| (eigenvalue errors are ~ r^2, eigenvector errors ~ r).
+    ||A y - theta y|| <= tol * |theta| (eigenvalue errors are ~ r^2, eigenvector errors ~ r).
     Also stops when the Krylov space is exhausted (dim reached) or after ``max_iter``.
 
     Memory: the basis Q is m x dim float64 (8 m N bytes). Multiple eigenvalues are found once (one start
@@ -375,7 +375,10 @@ def lanczos(
         else:
             changes.append(None)
         if len(idx) >= n_want:
-            res_ok = residuals <= tol * scale
+            # ARPACK's test, relative to the Ritz value itself: relative to the largest |theta| instead,
+            # a bulk Ritz value near 0 (the Rayleigh quotient of the start vector) passes after two
+            # iterations whenever a large eigenvalue of the other sign has appeared, and "LA" returns it
+            res_ok = residuals <= tol * np.maximum(np.abs(theta[idx]), 1e-8 * scale)
             last, before = changes[-1], (changes[-2] if len(changes) >= 2 else None)
             none = np.zeros(len(idx), dtype=bool)
             if last is not None and before is not None and before.shape == last.shape:
