@@ -74,6 +74,14 @@ def _pair_keys(df: pd.DataFrame) -> list[str]:
     return [c for c in ("seed", "stage", "old_task") if c in df.columns]
 
 
+def adjacent_pairs(df: pd.DataFrame, sequence: list[str] | None) -> pd.DataFrame:
+    """The rows whose old task is the one trained just before the stage (``sequence[stage - 2]``): the
+    only pairs whose nulls (continue / re-train *that* task) are matched controls. ``None``: all rows."""
+    if sequence is None:
+        return df
+    return df[[old == sequence[stage - 2] for stage, old in zip(df["stage"], df["old_task"])]]
+
+
 def _fmt(mean: float, low: float, high: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
@@ -103,8 +111,10 @@ def _intermediate_layers(drift: pd.DataFrame) -> list[int]:
     return blocks[1:-1] or blocks
 
 
-def drift_row(drift: pd.DataFrame) -> LedgerRow:
-    """Claim 2 from the ``drift`` table (with ``continue`` and ``reseed`` null rows)."""
+def drift_row(drift: pd.DataFrame, sequence: list[str] | None = None) -> LedgerRow:
+    """Claim 2 from the ``drift`` table (with ``continue`` and ``reseed`` null rows); with the run's task
+    ``sequence``, on the pairs whose nulls are matched (:func:`adjacent_pairs`)."""
+    drift = adjacent_pairs(drift, sequence)
     keys = _pair_keys(drift)
     mid = drift[drift["layer"].isin(_intermediate_layers(drift))]
     drop = (1 - mid.groupby(keys + ["null"])["cka"].mean()).unstack("null")
@@ -143,9 +153,10 @@ def flattening_row(curvature: pd.DataFrame) -> LedgerRow:
     )
 
 
-def heads_row(head_severity: pd.DataFrame) -> LedgerRow:
-    """Claim 4 from the ``head_severity`` table (judged against the nulls)."""
-    combined = head_severity[head_severity["metric"] == "combined"]
+def heads_row(head_severity: pd.DataFrame, sequence: list[str] | None = None) -> LedgerRow:
+    """Claim 4 from the ``head_severity`` table (judged against the nulls); with the run's task
+    ``sequence``, on the pairs whose nulls are matched (:func:`adjacent_pairs`)."""
+    combined = adjacent_pairs(head_severity[head_severity["metric"] == "combined"], sequence)
     keys = _pair_keys(combined)
     per_pair = combined.groupby(keys)["severe"].mean()
     mean, low, high = _ci(per_pair)

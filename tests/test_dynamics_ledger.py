@@ -160,3 +160,10 @@ def test_dynamics_checkers_accept_the_answer_and_name_the_slips():
     with pytest.raises(ExerciseFeedback, match="contains the whole"):
         check_verdict(lambda lo, hi, p: "consistent" if p[0] <= lo <= p[1] or p[0] <= hi <= p[1]
                       else "smaller" if hi < p[0] else "larger")
+
+
+def test_adjacent_pairs_keep_the_task_trained_just_before_each_stage():
+    df = pd.DataFrame({"stage": [2, 3, 3, 4, 4, 4], "old_task": ["a", "a", "b", "a", "b", "c"]})
+    kept = ledger.adjacent_pairs(df, ["a", "b", "c", "d"])
+    assert list(zip(kept.stage, kept.old_task)) == [(2, "a"), (3, "b"), (4, "c")]
+    assert ledger.adjacent_pairs(df, None) is df
