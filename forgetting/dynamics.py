@@ -13,8 +13,8 @@ the end of A), on A's eval examples (:func:`training_dynamics`):
 - ``old_loss``: A's mean target-token cross-entropy ``L_A(theta_s)``; ``forgetting`` = ``L_A(theta_s) -
   L_A(theta_0)``;
 - ``cka_<layer>`` and ``drift``: linear CKA of the residual stream (mean over tokens) at ``theta_s`` vs
-  ``theta_0`` per layer, and ``drift = 1 - mean CKA`` over the intermediate layers (all blocks but the
-  first and last);
+  ``theta_0`` per layer, and ``drift = 1 - mean CKA`` over the intermediate layers
+  (:func:`forgetting.mechanisms.drift.intermediate_layers`: every block output but the last);
 - ``grad_cosine`` and ``grad_cosine_attention``: ``cos(g_A(theta_s), g_B(theta_s))`` over all weights and
   over the attention projections only (:func:`forgetting.mechanisms.gradients.gradient_alignment`);
 - ``lambda_max`` and ``lambda_max_per_loss``: the top Hessian eigenvalue of ``L_A`` at ``theta_s``
@@ -86,12 +86,6 @@ def _stage_points(run_dir: Path, stage: int, points: tuple[float, ...]) -> list[
     return sorted(chosen.items())
 
 
-def _intermediate(n_hidden: int) -> list[int]:
-    """Hidden-state indices of the intermediate blocks: 0 is the embedding output, 1..L the blocks."""
-    blocks = list(range(1, n_hidden))
-    return blocks[1:-1] or blocks
-
-
 def training_dynamics(
     run_dir: str | Path,
     *,
@@ -112,7 +106,7 @@ def training_dynamics(
 
     from forgetting.analysis import hidden_states, top_eigenvalue
     from forgetting.experiments import parse_spec
-    from forgetting.mechanisms.drift import cka_by_layer
+    from forgetting.mechanisms.drift import cka_by_layer, intermediate_layers
     from forgetting.mechanisms.gradients import gradient_alignment, task_gradients
     from forgetting.mechanisms.heads import head_activity, head_disruption
     from forgetting.models.geometry import attention_geometry
@@ -149,7 +143,7 @@ def training_dynamics(
         js = head_disruption(start_heads, heads)
         values = {
             "old_loss": curvature["loss"],
-            "drift": 1.0 - float(cka[cka["layer"].isin(_intermediate(len(hidden)))]["cka"].mean()),
+            "drift": 1.0 - float(cka[cka["layer"].isin(intermediate_layers(range(len(hidden))))]["cka"].mean()),
             "grad_cosine": float(whole["all"]),
             "grad_cosine_attention": float(whole["attention"]),
             "lambda_max": curvature["lambda_max"],

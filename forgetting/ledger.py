@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from forgetting.mechanisms.drift import intermediate_layers
 from forgetting.stats import bootstrap_mean_ci, correlation
 
 PAPER_DRIFT = (0.32, 0.47)
@@ -105,18 +106,12 @@ def interference_row(gradients: pd.DataFrame) -> LedgerRow:
     )
 
 
-def _intermediate_layers(drift: pd.DataFrame) -> list[int]:
-    layers = sorted(drift["layer"].unique())
-    blocks = layers[1:]  # layer 0 is the embedding output
-    return blocks[1:-1] or blocks
-
-
 def drift_row(drift: pd.DataFrame, sequence: list[str] | None = None) -> LedgerRow:
     """Claim 2 from the ``drift`` table (with ``continue`` and ``reseed`` null rows); with the run's task
     ``sequence``, on the pairs whose nulls are matched (:func:`adjacent_pairs`)."""
     drift = adjacent_pairs(drift, sequence)
     keys = _pair_keys(drift)
-    mid = drift[drift["layer"].isin(_intermediate_layers(drift))]
+    mid = drift[drift["layer"].isin(intermediate_layers(drift["layer"]))]
     drop = (1 - mid.groupby(keys + ["null"])["cka"].mean()).unstack("null")
     mean, low, high = _ci(drop[""])
     nulls = {k: float(drop[k].mean()) for k in ("continue", "reseed") if k in drop}

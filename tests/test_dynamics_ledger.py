@@ -81,7 +81,7 @@ def _drift(observed: float, cont: float, reseed: float, jitter: float = 0.01) ->
     for i, stage in enumerate((2, 3, 4)):
         for null, drop in (("", observed), ("continue", cont), ("reseed", reseed)):
             for layer in range(5):
-                mid = layer in (2, 3)
+                mid = layer in (1, 2, 3)  # between the embedding output (0) and the last (4)
                 rows.append({"stage": stage, "old_task": "a", "layer": layer, "null": null,
                              "cka": 1 - (drop + jitter * i if mid else 0.0)})
     return pd.DataFrame(rows)

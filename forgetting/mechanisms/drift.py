@@ -725,3 +725,11 @@ def cka_by_layer(
             "note": notes,
         }
     )
+
+
+def intermediate_layers(layers: Sequence[int]) -> list[int]:
+    """The hidden-state indices strictly between the embedding output (0) and the last layer's output:
+    ``1 .. L-1`` for ``L + 1`` hidden states ``0 .. L`` (the last one carries the final norm). These are
+    the paper's "intermediate layers" wherever this package reports drift."""
+    layers = sorted(int(x) for x in set(layers))
+    return [x for x in layers if layers[0] < x < layers[-1]]

@@ -37,12 +37,13 @@ def lower_is_better(metric: str) -> bool:
     return metric == "loss" or metric.endswith("loss") or "perplexity" in metric
 
 
-def _check_columns(df: pd.DataFrame, required: Sequence[str], what: str) -> None:
+def _check_columns(df: pd.DataFrame, required: Sequence[str], what: str, hint: str | None = None) -> None:
+    """Raise naming ``what`` unless ``df`` is a DataFrame with every ``required`` column (``hint`` ends the message)."""
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ValueError(f"{what}: missing column(s) {', '.join(missing)}; required: {', '.join(required)}")
+        raise ValueError(f"{what}: missing column(s) {', '.join(missing)}; {hint or 'required: ' + ', '.join(required)}")
 
 
 def _metric_options(present: Sequence[str]) -> list[str]:

@@ -20,6 +20,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from forgetting.mechanisms.drift import intermediate_layers
+from forgetting.viz.charts import _check_columns
+
 SOURCES = {"": "observed (before vs after)", "continue": "continue null", "reseed": "reseed null"}
 SOURCE_ORDER = list(SOURCES.values())
 SOURCE_COLORS = ["#c0392b", "#2980b9", "#7f8c8d"]
@@ -33,18 +36,7 @@ def pair_label(stage: int, new_task: str, old_task: str) -> str:
 
 
 def _check(df: pd.DataFrame, what: str, columns: Sequence[str]) -> None:
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what}: missing column(s) {', '.join(missing)}; is it the {what} table of analysis_for?")
-
-
-def intermediate_layers(layers: Sequence[int]) -> list[int]:
-    """The hidden-state indices strictly between the embedding output (0) and the last layer's output:
-    ``1 .. L-1`` for ``L + 1`` hidden states ``0 .. L`` (the last one carries the final norm)."""
-    layers = sorted(int(x) for x in set(layers))
-    return [x for x in layers if layers[0] < x < layers[-1]]
+    _check_columns(df, columns, what, hint=f"is it the {what} table of analysis_for?")
 
 
 def drift_table(drift: pd.DataFrame) -> pd.DataFrame:

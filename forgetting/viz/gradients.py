@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from forgetting.mechanisms.gradients import compare_with_null, conflict_rate
+from forgetting.viz.charts import _check_columns
 
 ATTENTION_KINDS = ("q", "k", "v", "o")
 MLP_KINDS = ("gate", "up", "down")
@@ -37,11 +38,7 @@ def pair_label(stage: int, new_task: str, old_task: str) -> str:
 
 
 def _check(df: pd.DataFrame, what: str, columns: Sequence[str]) -> None:
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what}: missing column(s) {', '.join(missing)}; is it the {what} table of analysis_for?")
+    _check_columns(df, columns, what, hint=f"is it the {what} table of analysis_for?")
 
 
 _COLUMNS = ("unit", "name", "layer", "group", "kind", "part", "head", "head_type", "cosine", *PAIR_KEYS)
