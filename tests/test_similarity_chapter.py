@@ -43,7 +43,7 @@ def test_gradient_cosine_checker_accepts_the_right_answer():
      / (sum(float((a[k] ** 2).sum()) for k in a) * sum(float((b[k] ** 2).sum()) for k in b)), "squared norms"),
     (lambda a, b: -right_cosine(a, b), "sign is flipped"),
     (lambda a, b: 0.5, "the cosine is -0"),
-    (lambda a, b: "high", "return the cosine"),
+    (lambda a, b: "high", "returned 'high'"),
 ])
 def test_gradient_cosine_checker_names_the_mistake(fn, message):
     with pytest.raises(ExerciseFeedback, match=message):
