@@ -380,7 +380,7 @@ class MinibatchCKA:
                         raise TypeError(f"{side}[{i}]: complex values are not supported")
                     mats.append(f.detach())
                 elif isinstance(f, np.ndarray) and f.dtype == np.float32:
-                    mats.append(torch.from_numpy(f))
+                    mats.append(torch.from_numpy(np.ascontiguousarray(f)))
                 else:
                     mats.append(_as_float64(f, f"{side}[{i}]"))
         n = mats[0].shape[0] if mats[0].ndim else 0
