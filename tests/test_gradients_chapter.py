@@ -175,7 +175,7 @@ def test_conflict_rate_checker_accepts_the_right_answer():
     (lambda df: float((df[(df["unit"] == "head") & df["cosine"].notna()]["cosine"] <= 0).mean()), "not <= 0"),
     (lambda df: float((df[(df["unit"] == "head") & df["cosine"].notna()]["cosine"] > 0).mean()), "AGREE"),
     (lambda df: float((df[(df["unit"] == "head")]["cosine"] < 0).sum()), "number of conflicting heads"),
-    (lambda df: "many", "return the conflict rate"),
+    (lambda df: "many", "return one number \\(the conflict rate\\)"),
 ])
 def test_conflict_rate_checker_names_the_slip(slip, message):
     with pytest.raises(ExerciseFeedback, match=message):

@@ -28,12 +28,24 @@ _CASES = [
 ]
 
 
-def _call(fn: Callable, R: np.ndarray) -> float:
-    value = fn(R.copy())
+def reader_number(value, what: str, array_hint: str = "") -> float:
+    """A reader's return value as one float, or :class:`ExerciseFeedback` saying what to return.
+
+    One-element tensors and arrays are accepted; a longer array gets ``array_hint`` (how to reduce it).
+    """
+    if hasattr(value, "detach"):  # a torch tensor (torch is not imported for chapter 01's checkers)
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray) and value.size > 1:
+        raise ExerciseFeedback(f"your function returned an array of shape {value.shape}; return one number "
+                               f"({what}){': ' + array_hint if array_hint else ''}")
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ExerciseFeedback(f"your function returned {value!r}; return one number (a float)") from None
+        raise ExerciseFeedback(f"your function returned {value!r}; return one number ({what})") from None
+
+
+def _call(fn: Callable, R: np.ndarray) -> float:
+    return reader_number(fn(R.copy()), "a float")
 
 
 def check_bwt(fn: Callable[[np.ndarray], float]) -> str:

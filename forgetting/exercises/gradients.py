@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from forgetting.exercises import ExerciseFeedback
+from forgetting.exercises import ExerciseFeedback, reader_number
 from forgetting.mechanisms.gradients import compare_with_null, conflict_rate
 
 
@@ -36,19 +36,12 @@ def alignment_case() -> pd.DataFrame:
     return df
 
 
-def _as_float(value, what: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ExerciseFeedback(f"your function returned {value!r}; return {what} (a float)") from None
-
-
 def check_conflict_rate(fn: Callable[[pd.DataFrame], float]) -> str:
     """Check ``fn(alignment) -> float``: the fraction of attention heads with a negative old-vs-new cosine,
     among the heads whose cosine is defined (``unit == "head"``, ``cosine < 0``, NaN rows left out)."""
     case = alignment_case()
     want = float(conflict_rate(case, unit="head")["conflict_rate"].iloc[0])
-    got = _as_float(fn(case.copy()), "the conflict rate")
+    got = reader_number(fn(case.copy()), "the conflict rate")
     if np.isclose(got, want):
         return f"Correct: {got:.2f} of the heads with a defined cosine conflict (cosine < 0)."
     heads = case[case["unit"] == "head"]
@@ -90,7 +83,7 @@ def check_corrected_cosine(fn: Callable[[float, float], float]) -> str:
     full-sample gradient (c = the split-half cosine), and NaN where ``c <= 0`` (no reproducible direction)."""
     for cosine, c in _NULL_CASES:
         want = _reference_corrected(cosine, c)
-        got = _as_float(fn(cosine, c), "the corrected cosine (or NaN)")
+        got = reader_number(fn(cosine, c), "the corrected cosine (or NaN)")
         if math.isnan(want):
             if not math.isnan(got):
                 raise ExerciseFeedback(f"with a split-half cosine of {c} the old task has no reproducible gradient "

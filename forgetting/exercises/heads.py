@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from forgetting.exercises import ExerciseFeedback
+from forgetting.exercises import ExerciseFeedback, reader_number
 
 
 def _reference_js(p: np.ndarray, q: np.ndarray, mask: np.ndarray) -> float:
@@ -46,24 +46,12 @@ JS_CASES = [
 ]
 
 
-def _float(value, what: str) -> float:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray) and value.size > 1:
-        raise ExerciseFeedback(f"your function returned an array of shape {value.shape}; return one number "
-                               f"({what}): sum over the keys")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ExerciseFeedback(f"your function returned {value!r}; return one number ({what})") from None
-
-
 def check_js_divergence(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], float]) -> str:
     """Check ``fn(p, q, mask) -> float``: the Jensen-Shannon divergence in bits between attention rows
     ``p`` and ``q`` (NumPy arrays over keys) over the keys where ``mask`` is True (rows renormalised)."""
     for p, q, mask in JS_CASES:
         want = _reference_js(p, q, mask)
-        got = _float(fn(p.copy(), q.copy(), mask.copy()), "the divergence in bits")
+        got = reader_number(fn(p.copy(), q.copy(), mask.copy()), "the divergence in bits", "sum over the keys")
         if math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9):
             continue
         if math.isclose(got, want * math.log(2), rel_tol=1e-6):
@@ -106,7 +94,7 @@ def check_severe_fraction(fn: Callable[..., float]) -> str:
     """Check ``fn(observed, null, alpha) -> float``: the fraction of ``observed`` scores above the
     ``(1 - alpha)`` quantile of the ``null`` scores (any standard quantile definition is accepted)."""
     for name, observed, null, alpha in _severity_cases():
-        got = _float(fn(observed.copy(), null.copy(), alpha), "a fraction between 0 and 1")
+        got = reader_number(fn(observed.copy(), null.copy(), alpha), "a fraction between 0 and 1", "sum over the keys")
         lo = float(np.mean(observed > np.quantile(null, 1 - alpha, method="higher")))
         hi = float(np.mean(observed > np.quantile(null, 1 - alpha, method="lower")))
         if lo - 1e-9 <= got <= hi + 1e-9 or math.isclose(got, float(np.mean(observed >= np.quantile(null, 1 - alpha))), abs_tol=1e-9):

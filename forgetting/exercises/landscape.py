@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from forgetting.exercises import ExerciseFeedback
+from forgetting.exercises import ExerciseFeedback, reader_number
 
 
 def _symmetric(eigenvalues: list[float], seed: int) -> np.ndarray:
@@ -35,16 +35,6 @@ EIGEN_CASES = [
 ]
 
 
-def _number(value, what: str) -> float:
-    if isinstance(value, np.ndarray) and value.size > 1:
-        raise ExerciseFeedback(f"your function returned an array of shape {value.shape}; return the eigenvalue "
-                               f"(a number), e.g. the Rayleigh quotient v @ A @ v of the unit vector v ({what})")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ExerciseFeedback(f"your function returned {value!r}; return one number ({what})") from None
-
-
 def check_top_eigenvalue(fn: Callable[..., float], *, rtol: float = 1e-3) -> str:
     """Check ``fn(A, n_iter=...) -> float``: the algebraically largest eigenvalue of a symmetric ``A``.
 
@@ -54,7 +44,7 @@ def check_top_eigenvalue(fn: Callable[..., float], *, rtol: float = 1e-3) -> str
     for i, (name, eig) in enumerate(EIGEN_CASES):
         A = _symmetric(eig, seed=10 + i)
         want = max(eig)
-        got = _number(fn(A.copy(), n_iter=500), "the largest eigenvalue")
+        got = reader_number(fn(A.copy(), n_iter=500), "the largest eigenvalue", "the eigenvalue, e.g. the Rayleigh quotient v @ A @ v of the unit vector v")
         if np.isclose(got, want, rtol=rtol, atol=1e-6):
             continue
         largest_magnitude = max(eig, key=abs)
@@ -100,7 +90,7 @@ def check_hutchinson(fn: Callable[..., float], *, m: int = 4000) -> str:
                 raise ExerciseFeedback(f"matvec takes one vector of shape ({len(A)},); you passed shape {v.shape}")
             return A @ v
 
-        got = _number(fn(matvec, len(A), m, seed=0), "the trace estimate")
+        got = reader_number(fn(matvec, len(A), m, seed=0), "the trace estimate", "the eigenvalue, e.g. the Rayleigh quotient v @ A @ v of the unit vector v")
         want = float(np.trace(A))
         # Rademacher variance: 2 (||A||_F^2 - sum_i A_ii^2)
         sd = float(np.sqrt(2 * (np.sum(A**2) - np.sum(np.diag(A) ** 2)) / m))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from forgetting.exercises import ExerciseFeedback
+from forgetting.exercises import ExerciseFeedback, reader_number
 from forgetting.similarity import bhattacharyya, cosine
 
 
@@ -28,24 +28,15 @@ def gradient_case() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     return grad_a, grad_b
 
 
-def _as_float(value, what: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ExerciseFeedback(f"your function returned {value!r}; return {what} (one float)") from None
-
-
 def check_gradient_cosine(fn: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], float]) -> str:
     """Check ``fn(grad_a, grad_b) -> float``: the cosine of two gradients given as ``{name: tensor}`` dicts,
     over ALL their entries: ``<a, b> / (||a|| ||b||)`` with sums over every tensor."""
     grad_a, grad_b = gradient_case()
     want = cosine(grad_a, grad_b)
-    got = _as_float(fn({k: v.clone() for k, v in grad_a.items()}, {k: v.clone() for k, v in grad_b.items()}),
+    got = reader_number(fn({k: v.clone() for k, v in grad_a.items()}, {k: v.clone() for k, v in grad_b.items()}),
                     "the cosine")
     if np.isclose(got, want):
-        same = _as_float(fn(grad_a, grad_a), "the cosine")
+        same = reader_number(fn(grad_a, grad_a), "the cosine")
         if not np.isclose(same, 1.0):
             raise ExerciseFeedback(f"the cosine of a gradient with itself must be 1, your function gave {same:.4f}")
         return f"Correct: cos(g_A, g_B) = {got:.4f} over all {sum(v.numel() for v in grad_a.values())} entries."
@@ -78,9 +69,9 @@ def check_bhattacharyya(fn: Callable[[Mapping[str, int], Mapping[str, int]], flo
     ``sum_t sqrt(p_A(t) p_B(t))`` of the token distributions ``p_X = c_X / sum c_X``."""
     a, b = token_case()
     want = bhattacharyya(a, b)
-    got = _as_float(fn(Counter(a), Counter(b)), "the overlap")
+    got = reader_number(fn(Counter(a), Counter(b)), "the overlap")
     if np.isclose(got, want):
-        disjoint = _as_float(fn(Counter({"x": 2}), Counter({"y": 5})), "the overlap")
+        disjoint = reader_number(fn(Counter({"x": 2}), Counter({"y": 5})), "the overlap")
         if not np.isclose(disjoint, 0.0):
             raise ExerciseFeedback(f"two tasks with no token in common must overlap 0, your function gave {disjoint:.4f}")
         return f"Correct: BC = {got:.4f} (1 for identical distributions, 0 for disjoint tokens)."
