@@ -280,7 +280,7 @@ def lanczos(
       (c) theta_i changed by < tol * |theta_i| relative on each of the last two iterations.
 
     With ``return_eigenvectors=True`` only (a) counts, so that every returned Ritz vector y has
-    ||A y - theta y|| <= tol * |theta| (eigenvalue errors are ~ r^2, eigenvector errors ~ r).
+    ``||A y - theta y|| <= tol * |theta|`` (eigenvalue errors are ~ r^2, eigenvector errors ~ r).
     Also stops when the Krylov space is exhausted (dim reached) or after ``max_iter``.
 
     Memory: the basis Q is m x dim float64 (8 m N bytes). Multiple eigenvalues are found once (one start
