@@ -17,7 +17,7 @@ _SERIES = np.array([0.0, 0.5, 1.8, 4.0, 3.0, 2.0])
 
 
 def check_t50(fn: Callable[[np.ndarray, np.ndarray], float]) -> str:
-    """Check a reader's ``fn(steps, values) -> t50``: the first step where |x - x0| reaches half its maximum."""
+    """Check a reader's ``fn(steps, values) -> t50``: the first step where ``|x - x0|`` reaches half its maximum."""
     table = pd.DataFrame({"step": _STEPS, "value": _SERIES, "measure": "x", "layer": -1})
     want = float(onset_steps(table)["t50"].iloc[0])
     got = fn(_STEPS.copy(), _SERIES.copy())

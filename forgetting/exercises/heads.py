@@ -34,8 +34,9 @@ def _renorm(p: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
-#: (p, q, mask): attention rows over 6 keys; the masked keys (padding, future positions) still carry
-#: weight in some rows, as attention rows read from a padded batch can, so ignoring the mask shows.
+#: Test cases as triples of attention rows p, q over 6 keys and a key mask; the masked keys (padding,
+#: future positions) still carry weight in some rows, as rows read from a padded batch can, so
+#: ignoring the mask shows.
 JS_CASES = [
     (np.array([0.5, 0.3, 0.2, 0.0, 0.0, 0.0]), np.array([0.1, 0.2, 0.7, 0.0, 0.0, 0.0]),
      np.array([True, True, True, False, False, False])),

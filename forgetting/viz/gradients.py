@@ -26,7 +26,9 @@ ATTENTION_KINDS = ("q", "k", "v", "o")
 MLP_KINDS = ("gate", "up", "down")
 KIND_LABELS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
                "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+#: The ``measure`` label of the old-vs-new cosine in the chart tables.
 OBSERVED = "old vs new"
+#: The ``measure`` label of the split-half null cosine in the chart tables.
 NULL = "split-half null"
 ALL_PAIRS = "all pairs"
 PAIR_KEYS = ("stage", "new_task", "old_task")
