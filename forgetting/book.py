@@ -217,14 +217,25 @@ def _tree_files(folder: Path) -> list[Path]:
 
 
 def _file_sha(path: Path) -> str:
+    """sha256 of a file; of a Python file's code only (docstrings and comments do not change what a
+    chapter computes, and the API page reads them afresh at every build)."""
+    from forgetting.profiles import code_only
+
     try:
-        return _sha(path.read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:  # removed while we looked (someone else's editor or tool)
         return "-"
+    if path.suffix == ".py":
+        try:
+            data = code_only(data.decode("utf-8")).encode()
+        except (SyntaxError, UnicodeDecodeError):  # half-written file: its bytes decide
+            pass
+    return _sha(data)
 
 
 def package_fingerprint(root: str | Path | None = None) -> str:
-    """sha256 over the path and content of every file of the ``forgetting`` package and ``data/specs``.
+    """sha256 over the path and content (code only, for Python files) of every file of the ``forgetting``
+    package and ``data/specs``.
 
     ``root`` is the folder holding them (default: the repository root). Caches and bytecode are skipped.
     """

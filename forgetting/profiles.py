@@ -67,7 +67,7 @@ def experiment_spec(profile: str = "quick", *, model: str | None = None, seed: i
 RUN_CODE = ("train", "tasks", "evaluate.py", "experiments.py", "models/embedded.py")
 
 
-def _code_only(source: str) -> str:
+def code_only(source: str) -> str:
     """The source's syntax tree without docstrings (comments are not in it): what the code *does*, so
     editing a docstring or a comment does not invalidate cached runs."""
     import ast
@@ -83,7 +83,7 @@ def _code_only(source: str) -> str:
 
 def code_fingerprint(entries: tuple[str, ...] = RUN_CODE) -> str:
     """Short sha256 (8 hex digits) of the code of the package modules ``entries`` (default ``RUN_CODE``),
-    docstrings and comments excluded (``_code_only``)."""
+    docstrings and comments excluded (:func:`code_only`)."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -91,7 +91,7 @@ def code_fingerprint(entries: tuple[str, ...] = RUN_CODE) -> str:
         target = paths.PACKAGE_DIR / entry
         for file in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
             digest.update(file.relative_to(paths.PACKAGE_DIR).as_posix().encode())
-            digest.update(_code_only(file.read_text(encoding="utf-8")).encode())
+            digest.update(code_only(file.read_text(encoding="utf-8")).encode())
     return digest.hexdigest()[:8]
 
 

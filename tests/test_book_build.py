@@ -37,9 +37,12 @@ def test_package_fingerprint_changes_with_any_package_file(tmp_path):
     (root / "forgetting" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"junk")
     assert book.package_fingerprint(root) == before
 
-    # an edit deep in the package counts ...
+    # a comment or a docstring does not change what a chapter computes ...
     target = sorted((root / "forgetting").rglob("*.py"))[-1]
     target.write_text(target.read_text() + "\n# edited\n")
+    assert book.package_fingerprint(root) == before
+    # ... an edit of code deep in the package counts ...
+    target.write_text(target.read_text() + "\n_edited = 1\n")
     edited = book.package_fingerprint(root)
     assert edited != before
     # ... so does a new file, and an experiment spec

@@ -47,10 +47,10 @@ def test_a_published_run_is_read_as_is_and_rerun_in_the_cache_when_stale(finishe
 
 
 def test_run_fingerprint_ignores_docstrings_and_comments_but_not_code():
-    from forgetting.profiles import _code_only
+    from forgetting.profiles import code_only
 
     source = 'def f(x):\n    """Square."""\n    return x * x  # fast\n'
-    assert _code_only(source) == _code_only('def f(x):\n    """Square x (more words)."""\n    return x * x\n')
-    assert _code_only(source) == _code_only("def f(x):\n    return x * x\n")
-    assert _code_only(source) != _code_only('def f(x):\n    """Square."""\n    return x * x * 1\n')
-    assert _code_only('"""Module."""\n') == _code_only('"""Other."""\n')  # a docstring-only module
+    assert code_only(source) == code_only('def f(x):\n    """Square x (more words)."""\n    return x * x\n')
+    assert code_only(source) == code_only("def f(x):\n    return x * x\n")
+    assert code_only(source) != code_only('def f(x):\n    """Square."""\n    return x * x * 1\n')
+    assert code_only('"""Module."""\n') == code_only('"""Other."""\n')  # a docstring-only module

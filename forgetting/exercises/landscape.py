@@ -25,7 +25,7 @@ def _symmetric(eigenvalues: list[float], seed: int) -> np.ndarray:
     return (Q * np.asarray(eigenvalues, dtype=float)) @ Q.T
 
 
-#: Test spectra as pairs of a name and eigenvalues: a minimum-like spectrum (top one dominates) and a
+#: Test spectra as pairs of a name and eigenvalues, a minimum-like spectrum (top one dominates) and a
 #: forgetting-like one whose most negative eigenvalue is the largest in magnitude.
 EIGEN_CASES = [
     ("a positive-definite matrix (like a Hessian at a minimum)", [9.0, 4.0, 2.5, 1.0, 0.5, 0.1]),
