@@ -209,9 +209,11 @@ def analysis_for(
     hessian_iters: int = 20,
     nulls: bool = True,
     progress: bool = True,
+    stored_only: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """The analysis tables of ``run_dir``: read back when a stored analysis was made with the same
-    arguments by the same mechanism code, else computed by :func:`analyze_run` (and stored).
+    arguments by the same mechanism code, else computed by :func:`analyze_run` (and stored);
+    ``stored_only=True`` raises :class:`LookupError` instead of computing.
 
     A published run (tables only, :mod:`forgetting.publish`) whose tables are stale is re-run into
     the cache and analysed there. This is what chapters call: the first chapter that needs the report
@@ -225,6 +227,8 @@ def analysis_for(
     for folder in (run_dir, cache_twin(run_dir)):
         if _analysis_is_current(folder, wanted):
             return load_analysis(folder)
+    if stored_only:
+        raise LookupError(f"{run_dir}: no stored analysis made by the current code with these arguments")
     source = with_weights(run_dir, progress=progress)
     analyze_run(source, stages=stages, n_examples=n_examples, hessian_iters=hessian_iters, nulls=nulls,
                 progress=progress)

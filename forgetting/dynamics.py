@@ -162,10 +162,10 @@ def training_dynamics(
     return df.assign(old_task=old.name, new_task=new.name)
 
 
-def dynamics_for(run_dir: str | Path, *, progress: bool = True, **kwargs) -> pd.DataFrame:
+def dynamics_for(run_dir: str | Path, *, progress: bool = True, stored_only: bool = False, **kwargs) -> pd.DataFrame:
     """:func:`training_dynamics` of ``run_dir``, stored as ``run_dir/dynamics.parquet`` and read back
     when the arguments and the measuring code are unchanged (a stale published run is re-run into the
-    cache first: :mod:`forgetting.publish`)."""
+    cache first: :mod:`forgetting.publish`); ``stored_only=True`` raises :class:`LookupError` instead."""
     from forgetting.publish import cache_twin, with_weights
 
     run_dir = Path(run_dir)
@@ -175,6 +175,8 @@ def dynamics_for(run_dir: str | Path, *, progress: bool = True, **kwargs) -> pd.
         table, manifest = folder / DYNAMICS_FILE, folder / "dynamics.json"
         if table.is_file() and manifest.is_file() and {k: read_json(manifest).get(k) for k in key} == key:
             return pd.read_parquet(table)
+    if stored_only:
+        raise LookupError(f"{run_dir}: no stored dynamics made by the current code with these arguments")
     source = with_weights(run_dir, progress=progress)
     df = training_dynamics(source, progress=progress, **kwargs)
     atomic_write_table(source / DYNAMICS_FILE, df)

@@ -208,3 +208,59 @@ def dynamics_row(onsets: pd.DataFrame, stage_steps: int) -> LedgerRow:
 def ledger_table(rows: list[LedgerRow]) -> pd.DataFrame:
     """The rows as a DataFrame (one row per claim)."""
     return pd.DataFrame([asdict(r) for r in rows])
+
+
+def _published(spec) -> bool:
+    from forgetting import paths
+    from forgetting.profiles import result_dir
+
+    return result_dir(spec).is_relative_to(paths.DATA_DIR / "results")
+
+
+def claims_for(profile: str = "quick", *, model: str | None = None, seed: int = 0, stored_only: bool = False,
+               progress: bool = True) -> pd.DataFrame:
+    """The whole ledger for a profile: the main runs' mechanism reports (every seed of the profile;
+    ``quick``: ``seed``), the similarity sweep of the first seed and the dynamics of every seed.
+
+    Choices fixed before looking at any result: "task similarity" is the Fisher task embedding at the
+    base model, "forgetting" of a sweep pair is A's loss increase (graded, unlike exact match), and
+    "gradient conflict" is minus the base-model gradient cosine. ``stored_only=True`` reads published
+    or cached tables only (:mod:`forgetting.publish`) and raises :class:`LookupError` when any is
+    missing or stale, instead of training.
+    """
+    from forgetting.analysis import analysis_for
+    from forgetting.dynamics import dynamics_for, dynamics_spec, onset_steps
+    from forgetting.profiles import experiment_spec, run_cached, seeds, sweep_settings
+    from forgetting.similarity import pairwise_sweep, similarity_matrix, sweep_spec
+
+    run_seeds = (seed,) if profile == "quick" else seeds(profile)
+    mains = [experiment_spec(profile, model=model, seed=s) for s in run_seeds]
+    dyns = [dynamics_spec(profile, model=model, seed=s) for s in run_seeds]
+    sweep_tasks = sweep_settings(profile)["tasks"]
+    pair_specs = [sweep_spec(a, b, profile=profile, model=model, seed=run_seeds[0])
+                  for a in sweep_tasks for b in sweep_tasks if a != b]
+    if stored_only and not all(_published(s) for s in [*mains, *dyns, *pair_specs]):
+        raise LookupError(f"profile {profile!r}: not every run is published in data/results (make results)")
+    tables: dict[str, list[pd.DataFrame]] = {n: [] for n in ("gradients", "drift", "curvature", "head_severity")}
+    for spec in mains:
+        report = analysis_for(run_cached(spec, progress=progress), progress=progress, stored_only=stored_only)
+        for name in tables:
+            tables[name].append(report[name].assign(seed=spec.seed))
+    joined = {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
+    sequence = mains[0].task_list()
+    rows = [interference_row(joined["gradients"]), drift_row(joined["drift"], sequence),
+            flattening_row(joined["curvature"]), heads_row(joined["head_severity"], sequence)]
+    sweep = pairwise_sweep(profile=profile, model=model, seed=run_seeds[0], progress=progress)
+    similarity = similarity_matrix(mains[0].model, sorted(set(sweep["task_a"])), measures=("fisher", "gradient"))
+    similarity = similarity[similarity["layer"].isna()].pivot_table(
+        index=["task_a", "task_b"], columns="measure", values="value").reset_index()
+    pairs = sweep.merge(similarity, on=["task_a", "task_b"]).assign(gradient_conflict=lambda d: -d["gradient_cosine"])
+    rows.append(similarity_row(pairs, similarity="fisher", forgetting="forgetting_loss"))
+    rows.append(similarity_row(pairs, similarity="gradient_conflict", forgetting="forgetting_loss", paper_r=None,
+                               claim="5b. Gradient conflict predicts forgetting",
+                               paper="forgetting tracks (mis)alignment of the tasks' gradients; no r given"))
+    dynamics = pd.concat([dynamics_for(run_cached(spec, progress=progress), progress=progress,
+                                       stored_only=stored_only).assign(seed=spec.seed) for spec in dyns],
+                         ignore_index=True)
+    rows.append(dynamics_row(onset_steps(dynamics), dyns[0].steps_per_task))
+    return ledger_table(rows).assign(profile=profile, model=mains[0].model, seeds=", ".join(map(str, run_seeds)))

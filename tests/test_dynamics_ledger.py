@@ -167,3 +167,20 @@ def test_adjacent_pairs_keep_the_task_trained_just_before_each_stage():
     kept = ledger.adjacent_pairs(df, ["a", "b", "c", "d"])
     assert list(zip(kept.stage, kept.old_task)) == [(2, "a"), (3, "b"), (4, "c")]
     assert ledger.adjacent_pairs(df, None) is df
+
+
+def test_claims_for_stored_only_never_trains_an_unpublished_profile():
+    with pytest.raises(LookupError, match="make results"):
+        ledger.claims_for("quick", stored_only=True, progress=False)  # quick runs are never published
+
+
+def test_stored_only_reads_or_refuses(step_run):
+    from forgetting.analysis import analysis_for
+
+    with pytest.raises(LookupError, match="no stored analysis"):
+        analysis_for(step_run, n_examples=5, hessian_iters=3, nulls=False, stored_only=True)
+    with pytest.raises(LookupError, match="no stored dynamics"):
+        dynamics_for(step_run, points=(0.0, 1.0), n_examples=5, stored_only=True)
+    made = analysis_for(step_run, n_examples=5, hessian_iters=3, nulls=False, progress=False)
+    read = analysis_for(step_run, n_examples=5, hessian_iters=3, nulls=False, stored_only=True)
+    pd.testing.assert_frame_equal(made["drift"], read["drift"])
