@@ -219,14 +219,14 @@ def analysis_for(
     the cache and analysed there. This is what chapters call: the first chapter that needs the report
     pays for it, later ones read it.
     """
-    from forgetting.publish import cache_twin, with_weights
+    from forgetting.publish import current_copy, with_weights
 
     run_dir = Path(run_dir)
     wanted = {"stages": _all_stages(load_run(run_dir)) if stages is None else list(stages),
               "n_examples": n_examples, "hessian_iters": hessian_iters, "nulls": nulls}
-    for folder in (run_dir, cache_twin(run_dir)):
-        if _analysis_is_current(folder, wanted):
-            return load_analysis(folder)
+    stored = current_copy(run_dir, lambda folder: _analysis_is_current(folder, wanted))
+    if stored is not None:
+        return load_analysis(stored)
     if stored_only:
         raise LookupError(f"{run_dir}: no stored analysis made by the current code with these arguments")
     source = with_weights(run_dir, progress=progress)

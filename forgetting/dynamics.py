@@ -126,15 +126,15 @@ def training_dynamics(
     new_examples = new.train.select(slice(0, n_examples))
     geometry = attention_geometry(model)
     rows: list[dict] = []
-    start_hidden = start_heads = None
+    start_hidden = start_heads = start_loss = None
     for step, folder in tqdm(chosen, desc="dynamics", disable=not progress or paths.quiet()):
         restore_snapshot(model, folder)
         model.eval()
         hidden, mask = hidden_states(model, examples, batch_size)
         heads = head_activity(model, examples, batch_size=batch_size, ablation=None)
-        if start_hidden is None:
-            start_hidden, start_heads = hidden, heads
         curvature = top_eigenvalue(model, examples, hessian_iters)
+        if start_hidden is None:
+            start_hidden, start_heads, start_loss = hidden, heads, curvature["loss"]
         g_old = task_gradients(model, examples, batch_size=batch_size)
         g_new = task_gradients(model, new_examples, batch_size=batch_size)
         alignment = gradient_alignment(g_old, g_new, geometry, heads=False)
@@ -143,6 +143,7 @@ def training_dynamics(
         js = head_disruption(start_heads, heads)
         values = {
             "old_loss": curvature["loss"],
+            "forgetting": curvature["loss"] - start_loss,
             "drift": 1.0 - float(cka[cka["layer"].isin(intermediate_layers(range(len(hidden))))]["cka"].mean()),
             "grad_cosine": float(whole["all"]),
             "grad_cosine_attention": float(whole["attention"]),
@@ -153,28 +154,26 @@ def training_dynamics(
         base = {"step": step, "snapshot": folder.name}
         rows += [{**base, "measure": m, "layer": -1, "value": v} for m, v in values.items()]
         rows += [{**base, "measure": "cka", "layer": int(r.layer), "value": float(r.cka)} for r in cka.itertuples()]
-    df = pd.DataFrame(rows)
-    loss = df[df["measure"] == "old_loss"].set_index("step")["value"]
-    forgetting = (loss - loss.iloc[0]).rename("value").reset_index()
-    df = pd.concat([df, forgetting.assign(measure="forgetting", layer=-1,
-                                          snapshot=df.drop_duplicates("step").set_index("step").loc[forgetting["step"], "snapshot"].to_numpy())],
-                   ignore_index=True)
-    return df.assign(old_task=old.name, new_task=new.name)
+    return pd.DataFrame(rows).assign(old_task=old.name, new_task=new.name)
 
 
 def dynamics_for(run_dir: str | Path, *, progress: bool = True, stored_only: bool = False, **kwargs) -> pd.DataFrame:
     """:func:`training_dynamics` of ``run_dir``, stored as ``run_dir/dynamics.parquet`` and read back
     when the arguments and the measuring code are unchanged (a stale published run is re-run into the
     cache first: :mod:`forgetting.publish`); ``stored_only=True`` raises :class:`LookupError` instead."""
-    from forgetting.publish import cache_twin, with_weights
+    from forgetting.publish import current_copy, with_weights
 
     run_dir = Path(run_dir)
     key = {"arguments": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(kwargs.items())},
            "code": code_fingerprint(DYNAMICS_CODE)}
-    for folder in (run_dir, cache_twin(run_dir)):
+
+    def is_current(folder: Path) -> bool:
         table, manifest = folder / DYNAMICS_FILE, folder / "dynamics.json"
-        if table.is_file() and manifest.is_file() and {k: read_json(manifest).get(k) for k in key} == key:
-            return pd.read_parquet(table)
+        return table.is_file() and manifest.is_file() and {k: read_json(manifest).get(k) for k in key} == key
+
+    stored = current_copy(run_dir, is_current)
+    if stored is not None:
+        return pd.read_parquet(stored / DYNAMICS_FILE)
     if stored_only:
         raise LookupError(f"{run_dir}: no stored dynamics made by the current code with these arguments")
     source = with_weights(run_dir, progress=progress)

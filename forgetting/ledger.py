@@ -83,6 +83,11 @@ def adjacent_pairs(df: pd.DataFrame, sequence: list[str] | None) -> pd.DataFrame
     return df[[old == sequence[stage - 2] for stage, old in zip(df["stage"], df["old_task"])]]
 
 
+def _overlaps(low: float, high: float, claimed: tuple[float, float]) -> bool:
+    """Whether the interval [low, high] overlaps the paper's range ``claimed``."""
+    return low <= claimed[1] and high >= claimed[0]
+
+
 def _fmt(mean: float, low: float, high: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
@@ -119,7 +124,7 @@ def drift_row(drift: pd.DataFrame, sequence: list[str] | None = None) -> LedgerR
         raise ValueError("drift: needs the continue and reseed null rows (analysis_for(..., nulls=True))")
     _, beyond_reseed, _ = _ci(drop[""] - drop["reseed"])
     _, beyond_continue, _ = _ci(drop[""] - drop["continue"])
-    in_range = low <= PAPER_DRIFT[1] and high >= PAPER_DRIFT[0]
+    in_range = _overlaps(low, high, PAPER_DRIFT)
     return LedgerRow(
         claim="2. Representations drift in intermediate layers",
         paper=f"layer CKA drops by {PAPER_DRIFT[0]}-{PAPER_DRIFT[1]}",
@@ -157,7 +162,7 @@ def heads_row(head_severity: pd.DataFrame, sequence: list[str] | None = None) ->
     mean, low, high = _ci(per_pair)
     by_layer = combined.groupby("layer")["severe"].mean()
     first, last = float(by_layer.iloc[0]), float(by_layer.iloc[-1])
-    in_range = low <= PAPER_SEVERE[1] and high >= PAPER_SEVERE[0]
+    in_range = _overlaps(low, high, PAPER_SEVERE)
     return LedgerRow(
         claim="4. A minority of heads is severely disrupted, lower layers most",
         paper=f"{100 * PAPER_SEVERE[0]:.0f}-{100 * PAPER_SEVERE[1]:.0f} % of heads; lower layers more susceptible",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from forgetting import paths
@@ -33,6 +34,15 @@ def has_weights(run_dir: str | Path) -> bool:
 def cache_twin(run_dir: str | Path) -> Path:
     """Where the weights of a published run live when re-run: ``<cache>/runs/<same name>``."""
     return paths.cache_dir() / "runs" / Path(run_dir).name
+
+
+def current_copy(run_dir: str | Path, is_current: Callable[[Path], bool]) -> Path | None:
+    """The first of ``run_dir`` and its :func:`cache_twin` whose stored tables ``is_current`` accepts
+    (a published run's tables may have been recomputed in the cache), else ``None``."""
+    for folder in (Path(run_dir), cache_twin(run_dir)):
+        if is_current(folder):
+            return folder
+    return None
 
 
 def with_weights(run_dir: str | Path, *, progress: bool = True) -> Path:
