@@ -299,16 +299,18 @@ def test_minibatch_matches_reference_algorithm(monkeypatch: pytest.MonkeyPatch, 
         assert acc.n_batches == 6 and acc.n_examples == 52
 
 
+@pytest.mark.parametrize("offset", [0.3, 30.0])
 @pytest.mark.parametrize("pairs", ["all", "diagonal"])
 @pytest.mark.parametrize("debiased", [False, True])
-def test_minibatch_float32_path_matches_float64(pairs: str, debiased: bool) -> None:
+def test_minibatch_float32_path_matches_float64(pairs: str, debiased: bool, offset: float) -> None:
     """float32 inputs are centred and multiplied in float32: CKA within 1e-6 of the float64 path (the
-    benchmark bar is 1e-4), for many narrow batches (p >> n), one wide batch (n >> p) and a large
-    common offset."""
+    benchmark bar is 1e-4), for many narrow batches (p >> n), one wide batch (n >> p), a small common
+    offset (wide layers: Gram matrices of the features as given, centred afterwards) and a large one
+    (mean far above the spread: those layers are centred before the product)."""
     # p >> n^2 (U-centred before the inner products), p ~ n^2 and n >> p (inner products of the
     # zero-diagonal Grams with row-sum corrections)
     for sizes, widths in (([8] * 4, [2048, 2048]), ([16] * 8, [512, 512, 512]), ([300], [32, 32, 32])):
-        xs, ys = hidden_like_batches(12, sizes, widths, dtype=torch.float32, offset=30.0)
+        xs, ys = hidden_like_batches(12, sizes, widths, dtype=torch.float32, offset=offset)
         got = MinibatchCKA(pairs=pairs, debiased=debiased)
         ref = MinibatchCKA(pairs=pairs, debiased=debiased)
         for x, y in zip(xs, ys):

@@ -82,6 +82,9 @@ _CONST_RTOL = 1e-10
 # done in float64 unless the layer is constant).
 _F32_REDO = 1e-8
 _LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
+# Wide float32 layers are centred after the Gram product unless the mean carries more than this multiple
+# of the centred norm (R^2 = n ||mean||^2 / ||Xc||_F^2; MinibatchCKA._wide_grams): at most about one digit lost.
+_WIDE_R2_MAX = 8.0
 
 
 class ConstantRepresentationError(ValueError):
@@ -394,8 +397,11 @@ class MinibatchCKA:
     ) -> torch.Tensor:
         """Gram matrices of the column-centred features of ``mats`` (n, p_i) into ``out`` (L, n, n);
         returns the (L,) squared norms of the column means. Layers of one width: one batched product
-        (on a reused staging copy when ``stage``)."""
+        (on a reused staging copy when ``stage``); float32 layers at least as wide as n: see
+        :meth:`_wide_grams`."""
         n, p = mats[0].shape
+        if dtype == torch.float32 and all(m.dtype == dtype and m.shape[1] >= n for m in mats):
+            return self._wide_grams(mats, out)
         if all(m.shape[1] == p for m in mats):
             shape = (len(mats), n, p)
             if stage:
@@ -421,6 +427,32 @@ class MinibatchCKA:
             torch.mm(mc, mc.T, out=out[i])
             mus.append(mu.square().sum())
         return torch.stack(mus)
+
+    def _wide_grams(self, mats: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        """Centred Gram matrices of float32 layers with p_i >= n, centred after the product.
+
+        For wide features, copying and centring them costs as much memory traffic as the product
+        itself (16 x 4096 features: the copy and the centring pass took longer than the Gram
+        products). So K = X X^T is formed from the features as given, one product per layer, and
+        centred in O(n^2)::
+
+            H K H = K - r 1^T - 1 r^T + s 1 1^T,   r = K 1 / n,  s = 1^T K 1 / n^2 = ||mean||^2
+
+        In float32 this loses about log10(1 + R^2) digits, R^2 = n ||mean||^2 / ||Xc||_F^2 (the
+        mean's share of the norm). Layers with R^2 > ``_WIDE_R2_MAX`` are re-done with the features
+        centred first. Returns the (L,) squared norms of the column means.
+        """
+        n = mats[0].shape[0]
+        for i, m in enumerate(mats):
+            torch.mm(m, m.T, out=out[i])
+        r = out.mean(-1)  # (L, n)
+        mu_sq = r.mean(-1)  # (L,)
+        out.sub_(r.unsqueeze(-1)).sub_(r.unsqueeze(-2)).add_(mu_sq[:, None, None])
+        spread = torch.diagonal(out, dim1=-2, dim2=-1).sum(-1)  # ||Xc||_F^2
+        for i in (n * mu_sq > _WIDE_R2_MAX * spread).nonzero().flatten().tolist():  # also nan/inf
+            mc = mats[i] - mats[i].mean(0, keepdim=True)
+            torch.mm(mc, mc.T, out=out[i])
+        return mu_sq.clamp_min(0.0)
 
     def _add_grams(self, mats: list[torch.Tensor], lx: int, n: int, dtype: torch.dtype) -> np.ndarray | None:
         """Centred Gram matrices of one batch into the next buffer slot; returns which layers are
@@ -537,15 +569,14 @@ class MinibatchCKA:
             s = torch.zeros_like(s)
             t_self = h_self = torch.linalg.vector_norm(G, dim=-1).double().square().sum(-1)
         rx, ry, sx, sy = r[:, :lx], r[:, lx:], s[:, :lx], s[:, lx:]
-        cross = 0.0
-        for b in range(B):
-            Gx, Gy = G[b, :lx], G[b, lx:]  # (Lx, n, n), (Ly, n, n), each contiguous
-            if self.pairs == "all":  # row i: (Lx, n) @ (n, Ly), all rows in one batched product
-                t = torch.bmm(Gx.transpose(0, 1), Gy.permute(1, 2, 0)).double().sum(0)  # (Lx, Ly)
-                cross = cross + t + c1 * sx[b, :, None] * sy[b, None, :] - c2 * (rx[b] @ ry[b].T)
-            else:  # row dots: (1, n) @ (n, 1) for every layer and row
-                t = torch.bmm(Gx.reshape(lx * n, 1, n), Gy.reshape(lx * n, n, 1)).reshape(lx, n).double().sum(-1)
-                cross = cross + t + c1 * sx[b] * sy[b] - c2 * (rx[b] * ry[b]).sum(-1)
+        if self.pairs == "all":  # row i of every batch: (Lx, n) @ (n, Ly), all in one batched product
+            Gx = G[:, :lx].permute(0, 2, 1, 3).reshape(B * n, lx, n)
+            Gy = G[:, lx:].permute(0, 2, 3, 1).reshape(B * n, n, ly)
+            t = torch.bmm(Gx, Gy).double().reshape(B, n, lx, ly).sum(1)  # (B, Lx, Ly)
+            cross = (t + c1 * sx[:, :, None] * sy[:, None, :] - c2 * torch.bmm(rx, ry.transpose(1, 2))).sum(0)
+        else:  # row dots in the Gram dtype, summed over rows in float64
+            t = (G[:, :lx] * G[:, lx:]).sum(-1).double().sum(-1)  # (B, L)
+            cross = (t + c1 * sx * sy - c2 * (rx * ry).sum(-1)).sum(0)
         h_self = h_self.sum(0)
         hxx, hyy, hxy = h_self[:lx] * c, h_self[lx:] * c, cross * c
         if self._hxy is None:

@@ -260,6 +260,7 @@ def lanczos(
     seed: int = 0,
     return_eigenvectors: bool = False,
     device: torch.device | str | None = None,
+    v0: torch.Tensor | None = None,
 ) -> LanczosResult:
     """Lanczos with full re-orthogonalisation for a symmetric operator ``matvec`` on R^dim.
 
@@ -295,6 +296,8 @@ def lanczos(
         max_iter: maximum number of matvecs (clamped to dim).
         tol: relative tolerance.
         seed: seed of the Gaussian start vector.
+        v0: start vector (dim,) instead of a random one (normalised here), e.g. an eigenvector found
+            at a nearby point. ``seed`` still draws any later restart vectors.
         return_eigenvectors: also return Ritz vectors.
     """
     if which not in WHICH:
@@ -321,7 +324,14 @@ def lanczos(
         return v / torch.linalg.vector_norm(v)
 
     Q = torch.empty(min(m_max, 32), dim, dtype=torch.float64, device=device)
-    q = rand_unit(None)
+    if v0 is None:
+        q = rand_unit(None)
+    else:
+        q = v0.detach().to(device=device, dtype=torch.float64).reshape(-1)
+        norm = float(torch.linalg.vector_norm(q)) if q.shape == (dim,) else 0.0
+        if not (math.isfinite(norm) and norm > 0):
+            raise ValueError(f"v0: expected a finite, non-zero vector of shape ({dim},), got shape {tuple(v0.shape)}")
+        q = q / norm
     alphas: list[float] = []
     betas: list[float] = []
     history: list[np.ndarray] = []
