@@ -346,6 +346,10 @@ def test_minibatch_float32_constant_and_nearly_constant_layers() -> None:
     assert got[3, 3] == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"ys\[1\]: contains NaN"):
         MinibatchCKA().update([X, X], [X, torch.full((n, 5), float("nan"))])
+    wide = torch.randn(n, 40, generator=g)  # p >= n: the Gram matrix is centred after the product
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"ys\[1\]: contains NaN"):
+            MinibatchCKA().update([wide, wide], [wide, wide.clone().fill_(bad)])
 
 
 # --------------------------------------------------------------------------------------------------

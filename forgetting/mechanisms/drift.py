@@ -449,7 +449,8 @@ class MinibatchCKA:
         mu_sq = r.mean(-1)  # (L,)
         out.sub_(r.unsqueeze(-1)).sub_(r.unsqueeze(-2)).add_(mu_sq[:, None, None])
         spread = torch.diagonal(out, dim1=-2, dim2=-1).sum(-1)  # ||Xc||_F^2
-        for i in (n * mu_sq > _WIDE_R2_MAX * spread).nonzero().flatten().tolist():  # also nan/inf
+        # non-finite input is not redone here: _add_grams checks every layer for it next
+        for i in (n * mu_sq > _WIDE_R2_MAX * spread).nonzero().flatten().tolist():
             mc = mats[i] - mats[i].mean(0, keepdim=True)
             torch.mm(mc, mc.T, out=out[i])
         return mu_sq.clamp_min(0.0)
