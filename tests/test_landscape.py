@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,6 +159,32 @@ def test_trace_known_answers() -> None:
         hessian_trace(loss_fn, params, n_matvecs=2)
     with pytest.raises(ValueError, match="method"):
         hessian_trace(loss_fn, params, method="slq")
+
+
+def test_trace_standard_errors() -> None:
+    """The standard error comes from the same products: zero where the estimate is exact (Rademacher
+    on a diagonal matrix; Hutch++ whose sketch spans the space), and on average it matches the known
+    variance 2 (||A||_F^2 - sum_i A_ii^2) / m of Hutchinson's estimator and the actual spread of
+    both estimators over seeds."""
+    evals = torch.tensor([5.0, 3.0, -2.0, 0.5, 0.25, 0.1, -0.1, 0.0])
+    D = torch.diag(evals.double())
+    est, se = hutchinson(lambda V: D @ V, 8, 5, return_stderr=True)
+    assert est == pytest.approx(float(evals.sum())) and se == pytest.approx(0.0, abs=1e-12)
+    A = sym_with_spectrum(torch.linspace(-1.0, 3.0, 40), seed=6)
+    est, se = hutchpp(lambda V: A @ V, 40, 123, return_stderr=True)  # sketch of 41 >= 40 dimensions
+    assert est == pytest.approx(float(torch.trace(A)), abs=1e-9) and se < 1e-9
+    m = 50
+    exact_se = math.sqrt(2 * (float((A * A).sum()) - float((torch.diagonal(A) ** 2).sum())) / m)
+    for fn in (hutchinson, hutchpp):
+        runs = [fn(lambda V: A @ V, 40, m, seed=s, return_stderr=True) for s in range(300)]
+        values, ses = np.array([r[0] for r in runs]), np.array([r[1] for r in runs])
+        assert values[0] == fn(lambda V: A @ V, 40, m, seed=0)  # the same estimate as without stderr
+        assert np.sqrt(np.mean(ses**2)) == pytest.approx(np.std(values), rel=0.15)
+        if fn is hutchinson:
+            assert np.sqrt(np.mean(ses**2)) == pytest.approx(exact_se, rel=0.1)
+    loss_fn, params = quadratic(A)
+    through_hvps = hessian_trace(loss_fn, params, n_matvecs=m, method="hutchinson", return_stderr=True)
+    assert through_hvps == pytest.approx(hutchinson(lambda V: A @ V, 40, m, return_stderr=True), rel=1e-9)
 
 
 def test_hutchpp_beats_hutchinson_on_low_rank_dominated_spectrum() -> None:

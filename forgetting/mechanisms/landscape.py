@@ -491,20 +491,34 @@ def _rademacher(dim: int, b: int, gen: torch.Generator, device=None) -> torch.Te
     return (torch.randint(0, 2, (dim, b), generator=gen, dtype=torch.int8) * 2 - 1).to(device, torch.float64)
 
 
-def hutchinson(matmat: MatMat, dim: int, n_matvecs: int, *, seed: int = 0, device=None) -> float:
+def _mean_and_stderr(samples: torch.Tensor) -> tuple[float, float]:
+    """Mean of per-vector values (m,) and its standard error std(ddof=1) / sqrt(m) (NaN for m < 2)."""
+    m = samples.numel()
+    mean = float(samples.sum() / m)
+    stderr = float(samples.std() / math.sqrt(m)) if m >= 2 else math.nan
+    return mean, stderr
+
+
+def hutchinson(
+    matmat: MatMat, dim: int, n_matvecs: int, *, seed: int = 0, device=None, return_stderr: bool = False
+) -> float | tuple[float, float]:
     """Hutchinson's estimator tr(A) ~ (1/m) sum_i g_i^T A g_i, g_i Rademacher, m = ``n_matvecs``.
 
     ``matmat``: (dim, b) float64 -> (dim, b) float64 (A applied to each column). Variance
-    2 (||A||_F^2 - sum_i A_ii^2) / m.
+    2 (||A||_F^2 - sum_i A_ii^2) / m. With ``return_stderr=True`` returns ``(estimate, stderr)``,
+    stderr = std(g_i^T A g_i) / sqrt(m) from the same m values (no extra matvecs).
     """
     if not (isinstance(n_matvecs, (int, np.integer)) and n_matvecs >= 1):
         raise ValueError(f"n_matvecs: expected an integer >= 1 for hutchinson, got {n_matvecs!r}")
     gen = torch.Generator().manual_seed(int(seed))
     G = _rademacher(dim, int(n_matvecs), gen, device)
-    return float((G * matmat(G)).sum() / n_matvecs)
+    estimate, stderr = _mean_and_stderr((G * matmat(G)).sum(0))
+    return (estimate, stderr) if return_stderr else estimate
 
 
-def hutchpp(matmat: MatMat, dim: int, n_matvecs: int, *, seed: int = 0, device=None) -> float:
+def hutchpp(
+    matmat: MatMat, dim: int, n_matvecs: int, *, seed: int = 0, device=None, return_stderr: bool = False
+) -> float | tuple[float, float]:
     """Hutch++ (Meyer et al. 2021) with exactly ``n_matvecs`` products of A (Rademacher vectors).
 
     s = m // 3 sketch vectors S and m - 2s Hutchinson vectors G (m = n_matvecs >= 3)::
@@ -514,6 +528,11 @@ def hutchpp(matmat: MatMat, dim: int, n_matvecs: int, *, seed: int = 0, device=N
         G'     = G - Q (Q^T G)
         t_rest = tr(G'^T (A G')) / (m - 2s)     (m - 2s matvecs)
         tr(A) ~ t_top + t_rest
+
+    With ``return_stderr=True`` returns ``(estimate, stderr)``, stderr = std(g_i'^T A g_i') /
+    sqrt(m - 2s). Given the sketch, t_top is exact and t_rest is unbiased for the rest of the trace,
+    so the estimate is unbiased for every Q and this conditional standard error is the whole of
+    its spread.
     """
     if not (isinstance(n_matvecs, (int, np.integer)) and n_matvecs >= 3):
         raise ValueError(f"n_matvecs: expected an integer >= 3 for hutch++, got {n_matvecs!r}")
@@ -526,8 +545,8 @@ def hutchpp(matmat: MatMat, dim: int, n_matvecs: int, *, seed: int = 0, device=N
     Q, _ = torch.linalg.qr(matmat(S))
     t_top = float((Q * matmat(Q)).sum())
     Gp = G - Q @ (Q.T @ G)
-    t_rest = float((Gp * matmat(Gp)).sum()) / n_g
-    return t_top + t_rest
+    t_rest, stderr = _mean_and_stderr((Gp * matmat(Gp)).sum(0))
+    return (t_top + t_rest, stderr) if return_stderr else t_top + t_rest
 
 
 def hessian_trace(
@@ -537,7 +556,8 @@ def hessian_trace(
     n_matvecs: int = 30,
     method: Literal["hutch++", "hutchinson"] = "hutch++",
     seed: int = 0,
-) -> float:
+    return_stderr: bool = False,
+) -> float | tuple[float, float]:
     """Stochastic estimate of tr(H) for the Hessian of ``loss_fn()`` w.r.t. ``params``.
 
     Args:
@@ -545,9 +565,10 @@ def hessian_trace(
         n_matvecs: exact number of Hessian-vector products to spend (>= 3 for Hutch++).
         method: ``"hutch++"`` (default; :func:`hutchpp`) or ``"hutchinson"`` (:func:`hutchinson`).
         seed: seed of the Rademacher vectors (same seed, same estimate).
+        return_stderr: also return the estimate's standard error, from the same products.
 
     Returns:
-        the estimate as a float. Both are unbiased. Hutch++ has far smaller variance when fewer than
+        the estimate as a float, or ``(estimate, stderr)``. Both estimators are unbiased. Hutch++ has far smaller variance when fewer than
         about m/3 eigenvalues carry most of ||H||_F^2; when the spectrum has a wide bulk it is worse
         (up to sqrt(3) in error), since two thirds of its matvecs go to a sketch that removes little
         variance. On a tiny Llama (benchmarks/README.md), Hutchinson's error was 1.0x to 2.6x smaller
@@ -558,7 +579,7 @@ def hessian_trace(
         raise ValueError(f"method: expected one of {TRACE_METHODS}, got {method!r}")
     op = HessianOperator(loss_fn, params)
     fn = hutchpp if method == "hutch++" else hutchinson
-    return fn(op.matmat_flat, op.dim, n_matvecs, seed=seed, device=op.device)
+    return fn(op.matmat_flat, op.dim, n_matvecs, seed=seed, device=op.device, return_stderr=return_stderr)
 
 
 # ---------------------------------------------------------------------------------------------------
