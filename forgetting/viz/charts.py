@@ -46,6 +46,15 @@ def _check_columns(df: pd.DataFrame, required: Sequence[str], what: str, hint: s
         raise ValueError(f"{what}: missing column(s) {', '.join(missing)}; {hint or 'required: ' + ', '.join(required)}")
 
 
+#: The columns that name a (stage, new task, old task) pair in the mechanism report's tables.
+PAIR_KEYS = ("stage", "new_task", "old_task")
+
+
+def _check_analysis_table(df: pd.DataFrame, what: str, columns: Sequence[str]) -> None:
+    """:func:`_check_columns` for a table of :func:`forgetting.analysis.analysis_for` named ``what``."""
+    _check_columns(df, columns, what, hint=f"is it the {what} table of analysis_for?")
+
+
 def _metric_options(present: Sequence[str]) -> list[str]:
     present = list(dict.fromkeys(present))
     return [m for m in METRIC_ORDER if m in present] + sorted(m for m in present if m not in METRIC_ORDER)

@@ -21,13 +21,12 @@ import numpy as np
 import pandas as pd
 
 from forgetting.mechanisms.drift import intermediate_layers
-from forgetting.viz.charts import _check_columns
+from forgetting.viz.charts import PAIR_KEYS, _check_analysis_table
 
 SOURCES = {"": "observed (before vs after)", "continue": "continue null", "reseed": "reseed null"}
 SOURCE_ORDER = list(SOURCES.values())
 SOURCE_COLORS = ["#c0392b", "#2980b9", "#7f8c8d"]
 PAPER_DROP = (0.32, 0.47)  # the paper's CKA drop in intermediate layers
-PAIR_KEYS = ("stage", "new_task", "old_task")
 
 
 def pair_label(stage: int, new_task: str, old_task: str) -> str:
@@ -35,15 +34,11 @@ def pair_label(stage: int, new_task: str, old_task: str) -> str:
     return f"stage {int(stage)}: {old_task} while training {new_task}"
 
 
-def _check(df: pd.DataFrame, what: str, columns: Sequence[str]) -> None:
-    _check_columns(df, columns, what, hint=f"is it the {what} table of analysis_for?")
-
-
 def drift_table(drift: pd.DataFrame) -> pd.DataFrame:
     """The drift rows in tidy form, averaged over seeds: one row per (pair, source, layer) with ``cka``
     (mean), ``drop`` = 1 - cka, ``n_seeds``, ``source`` (observed / continue null / reseed null),
     ``pair`` (a label) and ``intermediate`` (bool, :func:`intermediate_layers`)."""
-    _check(drift, "drift", ("layer", "cka", "null", *PAIR_KEYS))
+    _check_analysis_table(drift, "drift", ("layer", "cka", "null", *PAIR_KEYS))
     unknown = sorted(set(drift["null"].fillna("")) - set(SOURCES))
     if unknown:
         raise ValueError(f"drift: unknown null kind(s) {unknown}; allowed: {sorted(SOURCES)}")
@@ -133,7 +128,7 @@ def head_cka_table(heads: pd.DataFrame, old_task: str, metric: str = "output_cka
     :func:`forgetting.viz.charts.layer_head_heatmap` with ``step="stage"``: columns ``layer``, ``head``,
     ``stage`` and one column per source present (``observed``, ``continue null``, ``reseed null``);
     averaged over seeds."""
-    _check(heads, "heads", ("layer", "head", "metric", "value", "null", *PAIR_KEYS))
+    _check_analysis_table(heads, "heads", ("layer", "head", "metric", "value", "null", *PAIR_KEYS))
     rows = heads[(heads["old_task"] == old_task) & (heads["metric"] == metric)]
     if rows.empty:
         raise ValueError(f"heads: no {metric!r} rows for old task {old_task!r}; old tasks: "

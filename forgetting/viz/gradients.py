@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from forgetting.mechanisms.gradients import compare_with_null, conflict_rate
-from forgetting.viz.charts import _check_columns
+from forgetting.viz.charts import PAIR_KEYS, _check_analysis_table
 
 ATTENTION_KINDS = ("q", "k", "v", "o")
 MLP_KINDS = ("gate", "up", "down")
@@ -31,16 +31,11 @@ OBSERVED = "old vs new"
 #: The ``measure`` label of the split-half null cosine in the chart tables.
 NULL = "split-half null"
 ALL_PAIRS = "all pairs"
-PAIR_KEYS = ("stage", "new_task", "old_task")
 
 
 def pair_label(stage: int, new_task: str, old_task: str) -> str:
     """``"stage 2: recall_city vs recall_job"``: the old task's gradient against the new task's."""
     return f"stage {int(stage)}: {old_task} vs {new_task}"
-
-
-def _check(df: pd.DataFrame, what: str, columns: Sequence[str]) -> None:
-    _check_columns(df, columns, what, hint=f"is it the {what} table of analysis_for?")
 
 
 _COLUMNS = ("unit", "name", "layer", "group", "kind", "part", "head", "head_type", "cosine", *PAIR_KEYS)
@@ -53,8 +48,8 @@ def with_null(gradients: pd.DataFrame, gradient_null: pd.DataFrame) -> pd.DataFr
     adds ``null_cosine`` (mean split-half cosine of the old task), ``reliability`` (Spearman-Brown
     ``2c / (1 + c)``), ``corrected_cosine`` (``cosine / sqrt(reliability)``) and ``pair`` (a label).
     """
-    _check(gradients, "gradients", _COLUMNS)
-    _check(gradient_null, "gradient_null", _COLUMNS)
+    _check_analysis_table(gradients, "gradients", _COLUMNS)
+    _check_analysis_table(gradient_null, "gradient_null", _COLUMNS)
     keys = list(PAIR_KEYS) + (["seed"] if "seed" in gradients.columns and "seed" in gradient_null.columns else [])
     nulls = dict(iter(gradient_null.groupby(keys, sort=False)))
     parts = []
@@ -210,8 +205,8 @@ def conflict_summary(gradients: pd.DataFrame, gradient_null: pd.DataFrame) -> pd
     (the same for ``gradient_null``: how often two halves of the old task's own data disagree in sign),
     ``excess`` = observed - null, and ``mean_cosine`` / ``mean_null_cosine``.
     """
-    _check(gradients, "gradients", _COLUMNS)
-    _check(gradient_null, "gradient_null", _COLUMNS)
+    _check_analysis_table(gradients, "gradients", _COLUMNS)
+    _check_analysis_table(gradient_null, "gradient_null", _COLUMNS)
     kinds = {"attention": ATTENTION_KINDS, "mlp": MLP_KINDS}
     rows = []
     for label, unit, group in (("attention matrices", "matrix", "attention"), ("MLP matrices", "matrix", "mlp"),
@@ -259,7 +254,7 @@ def first_order_chart(
 
     ``segment``: one row per (pair, t) with columns ``pair``, ``t``, ``observed``, ``predicted``.
     """
-    _check(segment, "segment", ("pair", "t", "observed", "predicted"))
+    _check_analysis_table(segment, "segment", ("pair", "t", "observed", "predicted"))
     pairs = list(dict.fromkeys(segment.sort_values(["stage", "old_task"])["pair"] if "stage" in segment else segment["pair"]))
     long = segment.melt(id_vars=["pair", "t"], value_vars=["observed", "predicted"], var_name="curve", value_name="change")
     names = {"observed": "observed L(θa + tΔ) − L(θa)", "predicted": "first order t g·Δ"}

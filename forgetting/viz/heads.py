@@ -15,7 +15,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from forgetting.viz.charts import _check_columns, _js, _per_metric_expr, _value_domains
+from forgetting.viz.charts import PAIR_KEYS, _check_columns, _js, _per_metric_expr, _value_domains
 
 #: Measures in the heatmap's select (column of :func:`head_table` -> label).
 #: ``weight_change`` depends on the snapshots only, not on the old task's data: it is not last, so that
@@ -31,7 +31,6 @@ HEAD_MEASURES = {
 SIGNED = ("entropy_change", "combined_z")
 #: The paper's range of severely disrupted heads (abstract of arXiv 2601.18699).
 PAPER_RANGE = (0.15, 0.23)
-PAIR_KEYS = ["stage", "new_task", "old_task"]
 
 
 def pair_label(stage: int, new_task: str, old_task: str) -> str:

@@ -18,6 +18,7 @@ import altair as alt
 import pandas as pd
 
 from forgetting.similarity import FORGETTING_MEASURES, PAIR_SIMILARITIES
+from forgetting.viz.charts import _check_columns
 
 #: Labels of the similarity measures in the selects.
 SIMILARITY_LABELS = {
@@ -58,11 +59,7 @@ def scatter_table(table: pd.DataFrame, similarity: Sequence[str] | None = None,
     Columns: ``task_a, task_b, pair, similarity, s, forgetting, f``. Similarity columns absent from the table
     are skipped; rows with a missing value are dropped; several seeds are averaged.
     """
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"table: expected a pandas DataFrame, got {type(table).__name__}")
-    missing = [c for c in ("task_a", "task_b", *forgetting) if c not in table.columns]
-    if missing:
-        raise ValueError(f"table: missing column(s) {', '.join(missing)}; pass forgetting.similarity.pair_table(...)")
+    _check_columns(table, ("task_a", "task_b", *forgetting), "table", hint="pass forgetting.similarity.pair_table(...)")
     similarity = [c for c in (similarity or PAIR_SIMILARITIES) if c in table.columns]
     if not similarity:
         raise ValueError(f"table: no similarity column; expected some of {', '.join(PAIR_SIMILARITIES)}")
@@ -162,11 +159,8 @@ def similarity_heatmap(
     :func:`forgetting.similarity.sweep_alignment`); only aggregate rows (``layer`` <NA>) are drawn.
     The colour scale runs from -1 to 1 (cosines can be negative; overlaps are in [0, 1]).
     """
-    if not isinstance(similarities, pd.DataFrame):
-        raise TypeError(f"similarities: expected a pandas DataFrame, got {type(similarities).__name__}")
-    missing = [c for c in ("task_a", "task_b", "measure", "value") if c not in similarities.columns]
-    if missing:
-        raise ValueError(f"similarities: missing column(s) {', '.join(missing)}; pass similarity_matrix(...)")
+    _check_columns(similarities, ("task_a", "task_b", "measure", "value"), "similarities",
+                   hint="pass similarity_matrix(...)")
     agg = similarities[similarities["layer"].isna()] if "layer" in similarities.columns else similarities
     agg = agg.groupby(["task_a", "task_b", "measure"], sort=False)["value"].mean().reset_index()
     present = list(dict.fromkeys(agg["measure"]))
