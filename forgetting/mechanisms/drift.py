@@ -195,6 +195,15 @@ def hsic_terms(
     )
 
 
+def _centred_gram_into(X: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Gram matrix Xc Xc^T of the column-centred features X (n, p) into ``out`` (n, n); returns
+    ||mean||^2 (a 0-d tensor)."""
+    mu = X.mean(0, keepdim=True)
+    Xc = X - mu
+    torch.mm(Xc, Xc.T, out=out)
+    return mu.square().sum()
+
+
 def u_centered_gram(K: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """U-centre Gram matrices (..., n, n) (Szekely & Rizzo 2014), n >= 4.
 
@@ -328,14 +337,16 @@ class MinibatchCKA:
             acc.update([h_a0, h_a1, ...], [h_b0, h_b1, ...])   # each (n_b, p) or (n_b, ...) flattened
         acc.compute()   # (n_layers,) for "diagonal", (n_x, n_y) for "all"
 
-    How it is computed. :meth:`update` centres the flattened features of every layer of both sides and
-    forms their Gram matrices in one batched product (per side, or per layer, when widths differ), into
-    a buffer of pending batches. Once the buffer is full (16 MiB) or at :meth:`compute`, every HSIC
+    How it is computed. :meth:`update` forms the Gram matrices of the centred, flattened features of
+    every layer of both sides into a buffer of pending batches: in one batched product of the stacked,
+    centred features (per side, or per layer, when widths differ), or, for float32 layers at least as
+    wide as the batch, one product per layer from the features as given, centred afterwards in
+    O(n^2) (:meth:`_wide_grams`). Once the buffer is full (16 MiB) or at :meth:`compute`, every HSIC
     term of the pending batches is a Frobenius inner product of two Gram matrices with zeroed diagonal
     plus corrections from their row sums (``_flush`` gives the formula; when the features are much
     wider than n^2, where those corrections would cancel, the matrices are U-centred first), taken row
-    by row in the Gram dtype, with all x-y layer pairs of a batch in one batched product. Sums over
-    rows and batches are kept in float64.
+    by row in the Gram dtype, with all x-y layer pairs of all pending batches in one batched product.
+    Sums over rows and batches are kept in float64.
 
     Precision. float64 inputs (and numpy arrays other than float32) are handled in float64 throughout,
     as in :func:`linear_cka`. float32, float16 and bfloat16 inputs are centred and multiplied in
@@ -419,14 +430,8 @@ class MinibatchCKA:
             F.sub_(mu)
             torch.bmm(F, F.transpose(-1, -2), out=out)
             return mu.square().sum((-1, -2))
-        mus = []
-        for i, m in enumerate(mats):  # layers of different widths: one product each
-            m = m.to(dtype)
-            mu = m.mean(0, keepdim=True)
-            mc = m - mu
-            torch.mm(mc, mc.T, out=out[i])
-            mus.append(mu.square().sum())
-        return torch.stack(mus)
+        # layers of different widths: one product each
+        return torch.stack([_centred_gram_into(m.to(dtype), out[i]) for i, m in enumerate(mats)])
 
     def _wide_grams(self, mats: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
         """Centred Gram matrices of float32 layers with p_i >= n, centred after the product.
@@ -451,8 +456,7 @@ class MinibatchCKA:
         spread = torch.diagonal(out, dim1=-2, dim2=-1).sum(-1)  # ||Xc||_F^2
         # non-finite input is not redone here: _add_grams checks every layer for it next
         for i in (n * mu_sq > _WIDE_R2_MAX * spread).nonzero().flatten().tolist():
-            mc = mats[i] - mats[i].mean(0, keepdim=True)
-            torch.mm(mc, mc.T, out=out[i])
+            _centred_gram_into(mats[i], out[i])
         return mu_sq.clamp_min(0.0)
 
     def _add_grams(self, mats: list[torch.Tensor], lx: int, n: int, dtype: torch.dtype) -> np.ndarray | None:

@@ -568,8 +568,9 @@ def hessian_trace(
         return_stderr: also return the estimate's standard error, from the same products.
 
     Returns:
-        the estimate as a float, or ``(estimate, stderr)``. Both estimators are unbiased. Hutch++ has far smaller variance when fewer than
-        about m/3 eigenvalues carry most of ||H||_F^2; when the spectrum has a wide bulk it is worse
+        the estimate as a float, or ``(estimate, stderr)``. Both estimators are unbiased. Hutch++ has
+        far smaller variance when fewer than about m/3 eigenvalues carry most of ||H||_F^2; when the
+        spectrum has a wide bulk it is worse
         (up to sqrt(3) in error), since two thirds of its matvecs go to a sketch that removes little
         variance. On a tiny Llama (benchmarks/README.md), Hutchinson's error was 1.0x to 2.6x smaller
         at 30-300 matvecs on every block measured, while at 999 matvecs on the trained output
