@@ -108,6 +108,15 @@ def test_hutchinson_rejects_typical_slips(wrong, message):
         check_hutchinson(wrong)
 
 
+def test_hutchinson_returning_every_sample_is_told_to_average_them():
+    def samples(mv, dim, m, seed=0):
+        gs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(m, dim))
+        return np.array([g @ mv(g) for g in gs])
+
+    with pytest.raises(ExerciseFeedback, match=r"return one number \(the trace estimate\): the mean of g @ matvec\(g\)"):
+        check_hutchinson(samples)
+
+
 def test_hutchinson_rejects_the_frobenius_norm_when_it_uses_m_products():
     def frobenius(mv, dim, m, seed=0):
         gs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(m, dim))

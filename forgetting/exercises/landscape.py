@@ -44,7 +44,8 @@ def check_top_eigenvalue(fn: Callable[..., float], *, rtol: float = 1e-3) -> str
     for i, (name, eig) in enumerate(EIGEN_CASES):
         A = _symmetric(eig, seed=10 + i)
         want = max(eig)
-        got = reader_number(fn(A.copy(), n_iter=500), "the largest eigenvalue", "the eigenvalue, e.g. the Rayleigh quotient v @ A @ v of the unit vector v")
+        got = reader_number(fn(A.copy(), n_iter=500), "the largest eigenvalue",
+                            "the eigenvalue, e.g. the Rayleigh quotient v @ A @ v of the unit vector v")
         if np.isclose(got, want, rtol=rtol, atol=1e-6):
             continue
         largest_magnitude = max(eig, key=abs)
@@ -90,7 +91,8 @@ def check_hutchinson(fn: Callable[..., float], *, m: int = 4000) -> str:
                 raise ExerciseFeedback(f"matvec takes one vector of shape ({len(A)},); you passed shape {v.shape}")
             return A @ v
 
-        got = reader_number(fn(matvec, len(A), m, seed=0), "the trace estimate", "the eigenvalue, e.g. the Rayleigh quotient v @ A @ v of the unit vector v")
+        got = reader_number(fn(matvec, len(A), m, seed=0), "the trace estimate",
+                            "the mean of g @ matvec(g) over the m random sign vectors g")
         want = float(np.trace(A))
         # Rademacher variance: 2 (||A||_F^2 - sum_i A_ii^2)
         sd = float(np.sqrt(2 * (np.sum(A**2) - np.sum(np.diag(A) ** 2)) / m))
