@@ -91,6 +91,11 @@ def test_severe_fraction_checker_rejects_the_wrong_level_and_counts():
         check_severe_fraction(lambda o, n, a=0.05: float(np.sum(o > np.quantile(n, 1 - a))))
 
 
+def test_severe_fraction_checker_asks_for_the_mean_of_a_boolean_array():
+    with pytest.raises(ExerciseFeedback, match=r"the mean over the observed scores of \(score > threshold\)"):
+        check_severe_fraction(lambda o, n, a=0.05: o > np.quantile(n, 1 - a))
+
+
 # ----------------------------------------------------------------------------------------------
 # tables and charts on a synthetic report (2 pairs, 2 layers x 4 heads, observed + 2 nulls)
 # ----------------------------------------------------------------------------------------------

@@ -95,7 +95,8 @@ def check_severe_fraction(fn: Callable[..., float]) -> str:
     """Check ``fn(observed, null, alpha) -> float``: the fraction of ``observed`` scores above the
     ``(1 - alpha)`` quantile of the ``null`` scores (any standard quantile definition is accepted)."""
     for name, observed, null, alpha in _severity_cases():
-        got = reader_number(fn(observed.copy(), null.copy(), alpha), "a fraction between 0 and 1", "sum over the keys")
+        got = reader_number(fn(observed.copy(), null.copy(), alpha), "a fraction between 0 and 1",
+                            "the mean over the observed scores of (score > threshold)")
         lo = float(np.mean(observed > np.quantile(null, 1 - alpha, method="higher")))
         hi = float(np.mean(observed > np.quantile(null, 1 - alpha, method="lower")))
         if lo - 1e-9 <= got <= hi + 1e-9 or math.isclose(got, float(np.mean(observed >= np.quantile(null, 1 - alpha))), abs_tol=1e-9):
