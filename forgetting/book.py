@@ -301,9 +301,11 @@ def _cell_line(text: str, cell_source: str) -> int | None:
 
 
 #: Environment of the kernels that execute chapters: no progress bars (they would be frozen widgets
-#: in the static page), deterministic hashing.
+#: in the static page), deterministic hashing, charts for the static book (no CDN fallback:
+#: :mod:`forgetting.viz.offline`).
 KERNEL_ENV = {
     "FORGETTING_QUIET": "1",
+    "FORGETTING_STATIC_BOOK": "1",
     "TQDM_DISABLE": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",

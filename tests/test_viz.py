@@ -253,6 +253,24 @@ def test_offline_renderer_calls_the_global_vega_embed(evals):
         alt.renderers.enable("default")
 
 
+def test_charts_for_the_static_book_name_no_cdn(evals, monkeypatch):
+    """In the kernels the book build runs (KERNEL_ENV), a chart's script has no CDN fallback: the
+    static book carries the bundle, and a page that lost it says so instead of reaching the network."""
+    from forgetting import book
+
+    assert book.KERNEL_ENV[offline.STATIC_ENV] == "1"
+    monkeypatch.setenv(offline.STATIC_ENV, "1")
+    offline.enable()
+    try:
+        html = r_matrix_heatmap(evals)._repr_mimebundle_()["text/html"]
+        assert 'typeof window.vegaEmbed === "function"' in html
+        assert "var urls = null;" in html and "forgetting-vega.js did not load" in html
+        for cdn in ("cdn.jsdelivr.net", "unpkg.com", "cdnjs.cloudflare.com", "googleapis.com"):
+            assert cdn not in html, cdn
+    finally:
+        alt.renderers.enable("default")
+
+
 def test_wrapped_bundle_keeps_its_names_out_of_the_global_scope(tmp_path):
     text = offline.wrapped_bundle()
     body = text.split("*/\n", 1)[1]

@@ -12,11 +12,15 @@ book read offline. Here:
   ``<div>`` plus a call to the global ``vegaEmbed`` with the spec (data embedded). Only where that
   global is missing (a live Jupyter or Colab kernel, which have the network) does the script load
   vega-embed from the CDN, pinned to the versions this Altair emits.
+- In the kernels the book build executes chapters in (``STATIC_ENV`` set, :data:`forgetting.book.KERNEL_ENV`)
+  the charts are for the static book, which always carries the bundle: their scripts name no CDN,
+  and say so on the page if the bundle did not load.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,8 @@ EMBED_OPTIONS: dict[str, Any] = {
 }
 
 _CDN = "https://cdn.jsdelivr.net/npm/"
+#: Environment variable set to "1" by the book build for the kernels that execute chapters.
+STATIC_ENV = "FORGETTING_STATIC_BOOK"
 
 
 def _versions() -> dict[str, str]:
@@ -92,6 +98,10 @@ _SCRIPT = """\
   }
   function fromCdn() {  // a live kernel (Jupyter, Colab): no bundle on the page, the network is there
     var urls = %(urls)s;
+    if (urls === null) {  // made for the static book, which carries the bundle: no CDN to fall back on
+      el.textContent = "chart not drawn: the book's bundle forgetting-vega.js did not load";
+      return;
+    }
     if (typeof window.define === "function" && window.define.amd) {  // classic Jupyter: require.js
       var paths = {};
       Object.keys(urls).forEach(function (k) { paths[k] = urls[k] + "?noext"; });
@@ -122,12 +132,15 @@ _SCRIPT = """\
 def chart_html(spec: dict, embed_options: dict | None = None, output_div: str | None = None) -> str:
     """The HTML of one chart: a ``<div>`` and a script calling the global ``vegaEmbed``.
 
-    ``spec`` is a Vega-Lite dict with its data inline (``chart.to_dict()``).
+    ``spec`` is a Vega-Lite dict with its data inline (``chart.to_dict()``). The script falls back to
+    the CDN where ``vegaEmbed`` is missing, unless ``STATIC_ENV`` is "1" (a chart for the static book).
     """
     div_id = output_div or f"forgetting-vega-{uuid.uuid4().hex[:12]}"
     opt = {**EMBED_OPTIONS, **(embed_options or {})}
-    v = _versions()
-    urls = {name: f"{_CDN}{name}@{version}" for name, version in v.items()}
+    if os.environ.get(STATIC_ENV) == "1":
+        urls = None
+    else:
+        urls = {name: f"{_CDN}{name}@{version}" for name, version in _versions().items()}
 
     def dumps(obj: Any) -> str:  # JSON that cannot close the <script> element it sits in
         return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
