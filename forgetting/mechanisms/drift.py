@@ -341,7 +341,7 @@ class MinibatchCKA:
     every layer of both sides into a buffer of pending batches: in one batched product of the stacked,
     centred features (per side, or per layer, when widths differ), or, for float32 layers at least as
     wide as the batch, one product per layer from the features as given, centred afterwards in
-    O(n^2) (:meth:`_wide_grams`). Once the buffer is full (16 MiB) or at :meth:`compute`, every HSIC
+    O(n^2) (``_wide_grams``). Once the buffer is full (16 MiB) or at :meth:`compute`, every HSIC
     term of the pending batches is a Frobenius inner product of two Gram matrices with zeroed diagonal
     plus corrections from their row sums (``_flush`` gives the formula; when the features are much
     wider than n^2, where those corrections would cancel, the matrices are U-centred first), taken row

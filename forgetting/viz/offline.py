@@ -12,7 +12,7 @@ book read offline. Here:
   ``<div>`` plus a call to the global ``vegaEmbed`` with the spec (data embedded). Only where that
   global is missing (a live Jupyter or Colab kernel, which have the network) does the script load
   vega-embed from the CDN, pinned to the versions this Altair emits.
-- In the kernels the book build executes chapters in (``STATIC_ENV`` set, :data:`forgetting.book.KERNEL_ENV`)
+- In the kernels the book build executes chapters in (``STATIC_ENV`` set by ``forgetting.book.KERNEL_ENV``)
   the charts are for the static book, which always carries the bundle: their scripts name no CDN,
   and say so on the page if the bundle did not load.
 """
