@@ -25,7 +25,7 @@ book: setup pretrain vendor
 	$(BIN)/forgetting book
 
 # The book's JavaScript, vendored from npm (MathJax 3, require.js, the ipywidgets HTML manager) into
-# _vendor/html/vendor/ so that the built pages load nothing from a CDN (see forgetting/book.py).
+# _vendor/html/vendor/ so that the built pages load nothing from a CDN (see forgetting/book/vendor.py).
 vendor: setup
 	$(BIN)/python -c 'from forgetting.book import vendor_assets; vendor_assets()'
 

@@ -35,7 +35,7 @@ def code(source: str, tags: list[str] | None = None) -> str:
 
 def setup_cell() -> str:
     """The Colab setup cell every chapter starts with (generated from _config.yml)."""
-    from forgetting.colab import SETUP_TAG, setup_cell_source
+    from forgetting.book.colab import SETUP_TAG, setup_cell_source
 
     return code(setup_cell_source(), tags=[SETUP_TAG])
 

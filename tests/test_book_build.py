@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from forgetting import book, colab, paths
+from forgetting import book, paths
+from forgetting.book import colab
 from tests.book_fixtures import PARAMETERS, chapter_md, code, make_book
 
 REPO = paths.REPO_ROOT
@@ -178,7 +179,7 @@ def test_build_executes_stale_chapters_only_and_stages_executed_notebooks(tmp_pa
         r_matrix_heatmap(synthetic_evals())
     """)
     glued = code("""
-        from forgetting.book import glue
+        from forgetting.glue import glue
         glue("answer", 6 * 7, display=False)
     """)
     text = chapter_md("Small", PARAMETERS, "The answer is {glue:text}`answer`. Math: $a^2 + b^2$.", glued, chart)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from forgetting import book, paths
+from forgetting.book.staging import _build_lock
 
 ROOT = paths.REPO_ROOT
 NOTEBOOK_CHAPTERS = [name for name in book.toc_chapters(ROOT) if book.chapter(name, ROOT).notebook]
@@ -37,7 +38,7 @@ def _fresh_executed(name: str) -> Path:
     parameters = book.chapter_parameters("quick")
     if book.is_fresh(ch, parameters):
         return ch.executed
-    with book._build_lock(ROOT):  # a `forgetting book` running beside us writes the same files
+    with _build_lock(ROOT):  # a `forgetting book` running beside us writes the same files
         if not book.is_fresh(ch, parameters):  # (it may have executed the chapter while we waited)
             book.execute_chapter(ch, parameters)
     return ch.executed

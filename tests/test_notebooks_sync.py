@@ -13,6 +13,7 @@ import nbformat
 import pytest
 
 from forgetting import book, paths
+from forgetting.book.execute import _literal_assignments
 
 CHAPTERS = sorted(
     p for p in (paths.REPO_ROOT / "chapters").glob("*.md") if "jupytext:" in p.read_text(encoding="utf-8")[:2000]
@@ -53,7 +54,7 @@ def test_chapter_starts_with_the_colab_setup_cell_and_has_parameters(md: Path):
     assert problem is None, f"{md.name}: {problem}; {FIX}"
     params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1, f"{md.name}: needs exactly one cell tagged `parameters` (papermill)"
-    names = set(book._literal_assignments(params[0].source) or {})
+    names = set(_literal_assignments(params[0].source) or {})
     assert {"profile", "model", "seed"} <= names, f"{md.name}: the parameters cell must set profile, model and seed"
 
 

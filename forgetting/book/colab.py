@@ -4,7 +4,7 @@ The repository URL and branch live in ONE place, the book's ``_config.yml`` (``r
 ``repository.branch``), which also drives Jupyter Book's launch buttons. The setup cell is code
 that runs in Colab before the package exists there, so it cannot import anything: it is generated
 from ``_config.yml`` by :func:`setup_cell_source`, written into each chapter by
-:func:`forgetting.book.sync_notebooks`, and ``tests/test_notebooks_sync.py`` checks that every
+:func:`forgetting.book.notebooks.sync_notebooks`, and ``tests/test_notebooks_sync.py`` checks that every
 chapter's copy matches.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from forgetting import paths
+from forgetting.book.config import read_config
 
 SETUP_TAG = "colab-setup"
 COLAB = "https://colab.research.google.com"
@@ -20,8 +21,6 @@ COLAB = "https://colab.research.google.com"
 
 def repository(root: str | Path | None = None) -> dict:
     """``{"url": ..., "branch": ..., "path_to_book": ...}`` from the book's ``_config.yml``."""
-    from forgetting.book import read_config
-
     config_path = (Path(root) if root is not None else paths.REPO_ROOT) / "_config.yml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: the book configuration (repository.url) is needed; use a git checkout")
@@ -68,4 +67,4 @@ def colab_url(chapter: str, root: str | Path | None = None) -> str:
     return f"{COLAB}/github/{owner_name}/blob/{repo['branch']}/{path}"
 
 
-__all__ = ["SETUP_TAG", "colab_url", "install_target", "repository", "setup_cell_source"]
+__all__ = ["SETUP_TAG", "colab_url", "repository", "setup_cell_source"]
