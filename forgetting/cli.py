@@ -9,6 +9,9 @@
     forgetting tasks                  list tasks and named sequences
 
 Bad input exits with status 2 and one line naming the field and what is allowed; nothing is written.
+
+Each command imports what it runs inside its function (marked ``# deferred``), so that ``--help`` and the
+light commands start without loading torch, transformers and the book machinery.
 """
 
 from __future__ import annotations
@@ -23,31 +26,28 @@ EXIT_BAD_INPUT = 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from forgetting.experiments import load_spec
-    from forgetting.train.sequence import _check_out_dir, run_experiment
+    from forgetting.spec import load_spec  # deferred: see the module docstring
+    from forgetting.train.sequence import check_out_dir, run_experiment  # deferred
 
     spec = load_spec(args.spec)
-    _check_out_dir(spec, Path(args.out))  # refuse a foreign folder before loading anything
+    check_out_dir(spec, Path(args.out))  # refuse a foreign folder before loading anything
     out = run_experiment(spec, args.out, progress=not args.quiet)
     print(f"run complete: {out}")
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    import pandas as pd
+    import pandas as pd  # deferred: see the module docstring
 
-    from forgetting.evaluate import METRICS, performance_matrix, summary_table
-    from forgetting.results import read_json
-    from forgetting.train.sequence import EVALS, MANIFEST, REFERENCE
+    from forgetting.evaluate import METRICS, performance_matrix, summary_table  # deferred
+    from forgetting.runs import Run  # deferred
 
-    folder = Path(args.dir)
-    if not (folder / MANIFEST).is_file() or not (folder / EVALS).is_file():
-        raise SpecError("DIR", f"{folder} is not a run folder (no {MANIFEST} and {EVALS}); make one with `forgetting run`")
+    run = Run.open(args.dir)
+    if not run.layout.evals.is_file():
+        raise SpecError("DIR", f"{args.dir} has no evaluations yet; run `forgetting run SPEC --out {args.dir}`")
     if args.metric not in METRICS:
         raise SpecError("--metric", f"{args.metric!r} not allowed; allowed: {', '.join(METRICS)}")
-    manifest = read_json(folder / MANIFEST)
-    evals = pd.read_parquet(folder / EVALS)
-    reference = pd.read_parquet(folder / REFERENCE) if (folder / REFERENCE).is_file() else None
+    manifest, evals, reference = run.manifest, run.evals, run.reference
     print(f"run {manifest['spec']['name']} (spec {manifest['spec_hash']}, seed {manifest['seed']}, "
           f"model {manifest['spec']['model']}, commit {str(manifest.get('git_commit'))[:10]})")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
@@ -59,8 +59,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from forgetting.models.embedded import RECIPES, cached_dir, embedded_dir, pretrain, shipped_dir
-    from forgetting import paths
+    from forgetting import paths  # deferred: see the module docstring
+    from forgetting.models.embedded import RECIPES, cached_dir, embedded_dir, pretrain, shipped_dir  # deferred
 
     names = list(RECIPES) if args.model == "all" else [args.model]
     for name in names:
@@ -78,7 +78,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
-    from forgetting.book import build_book
+    from forgetting.book import build_book  # deferred: see the module docstring
 
     html = build_book(profile=args.profile, force=args.force)
     print(f"book built: {html}/index.html")
@@ -86,7 +86,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from forgetting.publish import make_results
+    from forgetting.publish import make_results  # deferred: see the module docstring
 
     for folder in make_results(args.profile, progress=not args.quiet):
         print(f"published {folder}")
@@ -94,11 +94,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from forgetting.analysis import analyze_run, load_analysis
-    from forgetting.train.sequence import MANIFEST
+    from forgetting.analysis import analyze_run, load_analysis  # deferred: see the module docstring
+    from forgetting.runs import Run  # deferred
 
-    if not (Path(args.dir) / MANIFEST).is_file():
-        raise SpecError("DIR", f"{args.dir} is not a run folder (no {MANIFEST}); make one with `forgetting run`")
+    Run.open(args.dir)  # not a run folder: a clear error before any work
     out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, nulls=args.nulls, progress=not args.quiet)
     drift = load_analysis(args.dir)["drift"]
     print(f"analysis written to {out}")
@@ -110,7 +109,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from forgetting.tasks import SEQUENCES, make_task, task_names
+    from forgetting.tasks import SEQUENCES, make_task, task_names  # deferred: see the module docstring
 
     print("tasks:")
     for name in task_names():
@@ -124,7 +123,8 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from forgetting import __version__
-    from forgetting.models.embedded import RECIPES
+    from forgetting.models.embedded import RECIPES  # deferred: see the module docstring
+    from forgetting.profiles import PROFILES  # deferred
 
     parser = argparse.ArgumentParser(prog="forgetting", description="Measure how and why language models forget.")
     parser.add_argument("--version", action="version", version=f"forgetting {__version__}")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     book = sub.add_parser("book", help="execute the chapters and build the static book", description=
                           "Execute every chapter with papermill and build _build/html with Jupyter Book.")
-    book.add_argument("--profile", default="quick", choices=["quick", "full", "gpu"], help="chapter profile")
+    book.add_argument("--profile", default="quick", choices=list(PROFILES), help="chapter profile")
     book.add_argument("--force", action="store_true", help="re-execute every chapter")
     book.set_defaults(func=_cmd_book)
 

@@ -32,17 +32,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+
+from tqdm.auto import tqdm
 
 from forgetting import paths
 from forgetting.errors import SpecError
-from forgetting.experiments import ExperimentSpec
-from forgetting.profiles import code_fingerprint, experiment_spec, load_run
-from forgetting.results import atomic_write_json, atomic_write_table, provenance, read_json
+from forgetting.files import atomic_write_json, atomic_write_table, provenance
+from forgetting.mechanisms.drift import cka_by_layer, intermediate_layers
+from forgetting.mechanisms.gradients import gradient_alignment, task_gradients
+from forgetting.mechanisms.heads import head_activity, head_disruption
+from forgetting.mechanisms.probes import hidden_states, top_eigenvalue
+from forgetting.models.geometry import attention_geometry
+from forgetting.profiles import experiment_spec
+from forgetting.runs import Run, RunLayout, code_fingerprint, stored_or_compute
+from forgetting.runs.snapshots import snapshot_meta
+from forgetting.spec import ExperimentSpec
+from forgetting.train import with_weights
 
 DYNAMICS_SEQUENCE = ("recall_city", "recall_job")
-DYNAMICS_FILE = "dynamics.parquet"
-DYNAMICS_CODE = ("dynamics.py", "analysis.py", "mechanisms")
+DYNAMICS_CODE = ("dynamics.py", "mechanisms")
 #: Fractions of the stage at which snapshots are analysed (dense early, where forgetting happens).
 DEFAULT_POINTS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 #: What each measure means (for chart labels and the chapter's table).
@@ -71,12 +79,9 @@ def dynamics_spec(profile: str = "quick", *, model: str | None = None, seed: int
     )
 
 
-def _stage_points(run_dir: Path, stage: int, points: tuple[float, ...]) -> list[tuple[int, Path]]:
+def _stage_points(run: Run, stage: int, points: tuple[float, ...]) -> list[tuple[int, Path]]:
     """``(steps into the stage, snapshot folder)`` nearest to each fraction of the stage, deduplicated."""
-    from forgetting.mechanisms.gradients import stage_snapshots
-    from forgetting.train.snapshots import snapshot_meta
-
-    folders = stage_snapshots(run_dir, stage)
+    folders = run.stage_snapshots(stage)
     steps = np.array([snapshot_meta(f)["step"] for f in folders])
     rel = steps - steps[0]
     chosen: dict[int, Path] = {}
@@ -102,25 +107,13 @@ def training_dynamics(
     Returns a long DataFrame: ``step`` (steps into the stage), ``snapshot``, ``measure``, ``layer``
     (for ``cka``, else -1), ``value``, plus ``old_task`` and ``new_task``.
     """
-    from tqdm.auto import tqdm
-
-    from forgetting.analysis import hidden_states, top_eigenvalue
-    from forgetting.experiments import parse_spec
-    from forgetting.mechanisms.drift import cka_by_layer, intermediate_layers
-    from forgetting.mechanisms.gradients import gradient_alignment, task_gradients
-    from forgetting.mechanisms.heads import head_activity, head_disruption
-    from forgetting.models.geometry import attention_geometry
-    from forgetting.train.sequence import load_for_spec, prepare_tasks
-    from forgetting.train.snapshots import restore_snapshot
-
-    run_dir = Path(run_dir)
-    spec = parse_spec(load_run(run_dir).manifest["spec"])
-    names = spec.task_list()
+    run = Run.open(run_dir)
+    names = run.task_names
     if not 2 <= stage <= len(names):
         raise SpecError("stage", f"{stage} not allowed; allowed: 2..{len(names)}")
-    chosen = _stage_points(run_dir, stage, points)
-    model, tokenizer = load_for_spec(spec)
-    tasks = prepare_tasks(spec, tokenizer)
+    chosen = _stage_points(run, stage, points)
+    tasks = run.tasks
+    model = run.model_at(0)
     old, new = tasks[stage - 2], tasks[stage - 1]
     examples = old.eval.select(slice(0, n_examples))
     new_examples = new.train.select(slice(0, n_examples))
@@ -128,8 +121,7 @@ def training_dynamics(
     rows: list[dict] = []
     start_hidden = start_heads = start_loss = None
     for step, folder in tqdm(chosen, desc="dynamics", disable=not progress or paths.quiet()):
-        restore_snapshot(model, folder)
-        model.eval()
+        model = run.model_at(folder)
         hidden, mask = hidden_states(model, examples, batch_size)
         heads = head_activity(model, examples, batch_size=batch_size, ablation=None)
         curvature = top_eigenvalue(model, examples, hessian_iters)
@@ -157,30 +149,31 @@ def training_dynamics(
     return pd.DataFrame(rows).assign(old_task=old.name, new_task=new.name)
 
 
-def dynamics_for(run_dir: str | Path, *, progress: bool = True, stored_only: bool = False, **kwargs) -> pd.DataFrame:
-    """:func:`training_dynamics` of ``run_dir``, stored as ``run_dir/dynamics.parquet`` and read back
-    when the arguments and the measuring code are unchanged (a stale published run is re-run into the
-    cache first: :mod:`forgetting.publish`); ``stored_only=True`` raises :class:`LookupError` instead."""
-    from forgetting.publish import current_copy, with_weights
+def _manifest(layout: RunLayout) -> Path:
+    return layout.dynamics_manifest
 
-    run_dir = Path(run_dir)
+
+def _read(folder: Path) -> pd.DataFrame:
+    return pd.read_parquet(RunLayout(folder).dynamics)
+
+
+def dynamics_for(run_dir: str | Path, *, progress: bool = True, stored_only: bool = False, **kwargs) -> pd.DataFrame:
+    """:func:`training_dynamics` of ``run_dir``, stored beside the run and read back when the arguments
+    and the measuring code are unchanged (a stale published run is re-run into the cache first:
+    :func:`forgetting.runs.stored_or_compute`); ``stored_only=True`` raises :class:`LookupError` instead."""
     key = {"arguments": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(kwargs.items())},
            "code": code_fingerprint(DYNAMICS_CODE)}
 
-    def is_current(folder: Path) -> bool:
-        table, manifest = folder / DYNAMICS_FILE, folder / "dynamics.json"
-        return table.is_file() and manifest.is_file() and {k: read_json(manifest).get(k) for k in key} == key
+    def compute(folder: Path) -> None:
+        layout = RunLayout(folder)
+        atomic_write_table(layout.dynamics, training_dynamics(folder, progress=progress, **kwargs))
+        atomic_write_json(layout.dynamics_manifest, {**key, **provenance()})
 
-    stored = current_copy(run_dir, is_current)
-    if stored is not None:
-        return pd.read_parquet(stored / DYNAMICS_FILE)
-    if stored_only:
-        raise LookupError(f"{run_dir}: no stored dynamics made by the current code with these arguments")
-    source = with_weights(run_dir, progress=progress)
-    df = training_dynamics(source, progress=progress, **kwargs)
-    atomic_write_table(source / DYNAMICS_FILE, df)
-    atomic_write_json(source / "dynamics.json", {**key, **provenance()})
-    return df
+    return stored_or_compute(
+        run_dir, key=key, manifest=_manifest, outputs=lambda layout: [layout.dynamics], compute=compute,
+        read=_read, weights=lambda folder: with_weights(folder, progress=progress), stored_only=stored_only,
+        what="dynamics",
+    )
 
 
 def onset_steps(dynamics: pd.DataFrame, fraction: float = 0.5) -> pd.DataFrame:

@@ -40,7 +40,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from forgetting.analysis import analysis_for
+from forgetting.dynamics import dynamics_for, dynamics_spec, onset_steps
 from forgetting.mechanisms.drift import intermediate_layers
+from forgetting.profiles import experiment_spec, run_cached, seeds, sweep_settings
+from forgetting.runs.cache import is_published
+from forgetting.mechanisms.similarity import similarity_matrix
+from forgetting.sweep import pairwise_sweep, sweep_spec
 from forgetting.stats import bootstrap_mean_ci, correlation
 
 PAPER_DRIFT = (0.32, 0.47)
@@ -215,13 +221,6 @@ def ledger_table(rows: list[LedgerRow]) -> pd.DataFrame:
     return pd.DataFrame([asdict(r) for r in rows])
 
 
-def _published(spec) -> bool:
-    from forgetting import paths
-    from forgetting.profiles import result_dir
-
-    return result_dir(spec).is_relative_to(paths.DATA_DIR / "results")
-
-
 def claims_for(profile: str = "quick", *, model: str | None = None, seed: int = 0, stored_only: bool = False,
                progress: bool = True) -> pd.DataFrame:
     """The whole ledger for a profile: the main runs' mechanism reports (every seed of the profile;
@@ -233,18 +232,13 @@ def claims_for(profile: str = "quick", *, model: str | None = None, seed: int = 
     or cached tables only (:mod:`forgetting.publish`) and raises :class:`LookupError` when any is
     missing or stale, instead of training.
     """
-    from forgetting.analysis import analysis_for
-    from forgetting.dynamics import dynamics_for, dynamics_spec, onset_steps
-    from forgetting.profiles import experiment_spec, run_cached, seeds, sweep_settings
-    from forgetting.similarity import pairwise_sweep, similarity_matrix, sweep_spec
-
     run_seeds = (seed,) if profile == "quick" else seeds(profile)
     mains = [experiment_spec(profile, model=model, seed=s) for s in run_seeds]
     dyns = [dynamics_spec(profile, model=model, seed=s) for s in run_seeds]
     sweep_tasks = sweep_settings(profile)["tasks"]
     pair_specs = [sweep_spec(a, b, profile=profile, model=model, seed=run_seeds[0])
                   for a in sweep_tasks for b in sweep_tasks if a != b]
-    if stored_only and not all(_published(s) for s in [*mains, *dyns, *pair_specs]):
+    if stored_only and not all(is_published(s) for s in [*mains, *dyns, *pair_specs]):
         raise LookupError(f"profile {profile!r}: not every run is published in data/results (make results)")
     tables: dict[str, list[pd.DataFrame]] = {n: [] for n in ("gradients", "drift", "curvature", "head_severity")}
     for spec in mains:

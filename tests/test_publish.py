@@ -6,13 +6,15 @@ import pandas as pd
 import pytest
 
 from forgetting.analysis import analysis_for
-from forgetting.publish import cache_twin, has_weights, publish_run, with_weights
+from forgetting.publish import publish_run
+from forgetting.runs import cache_twin, has_weights
+from forgetting.train import with_weights
 from tests.conftest import small_spec
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    from forgetting.experiments import parse_spec
+    from forgetting.spec import parse_spec
     from forgetting.train.sequence import run_experiment
 
     spec = parse_spec(small_spec(sequence=["recall_city", "recall_job"], eval={"every": 0}))
@@ -44,13 +46,3 @@ def test_a_published_run_is_read_as_is_and_rerun_in_the_cache_when_stale(finishe
     assert has_weights(twin) and with_weights(published) == twin
     pd.testing.assert_frame_equal(pd.read_parquet(twin / "evals.parquet"), pd.read_parquet(finished / "evals.parquet"))
     assert len(other["drift"]) == len(first["drift"])
-
-
-def test_run_fingerprint_ignores_docstrings_and_comments_but_not_code():
-    from forgetting.profiles import code_only
-
-    source = 'def f(x):\n    """Square."""\n    return x * x  # fast\n'
-    assert code_only(source) == code_only('def f(x):\n    """Square x (more words)."""\n    return x * x\n')
-    assert code_only(source) == code_only("def f(x):\n    return x * x\n")
-    assert code_only(source) != code_only('def f(x):\n    """Square."""\n    return x * x * 1\n')
-    assert code_only('"""Module."""\n') == code_only('"""Other."""\n')  # a docstring-only module

@@ -1,4 +1,4 @@
-"""forgetting.similarity: known answers (identical tasks are similar 1, disjoint tokens overlap 0), the Fisher
+"""forgetting.mechanisms.similarity and forgetting.sweep: known answers (identical tasks are similar 1, disjoint tokens overlap 0), the Fisher
 embedding's invariances, the pairwise sweep on a tiny spec (one row per ordered pair, cached), bad input."""
 
 from __future__ import annotations
@@ -12,26 +12,28 @@ import pytest
 import torch
 
 from forgetting.errors import SpecError
-from forgetting.similarity import (
+from forgetting.mechanisms.similarity import (
     SIMILARITY_COLUMNS,
-    SWEEP_COLUMNS,
     bhattacharyya,
     cosine,
     fisher_embedding,
     fisher_similarity,
     jaccard,
+    similarity_matrix,
+    token_counts,
+    token_similarity,
+)
+from forgetting.sweep import (
+    SWEEP_COLUMNS,
     leave_one_task_out,
     pair_table,
     pairwise_sweep,
     quadratic_peak,
     similarity_correlations,
-    task_effects,
-    similarity_matrix,
     sweep_alignment,
     sweep_answers,
     sweep_spec,
-    token_counts,
-    token_similarity,
+    task_effects,
 )
 from forgetting.tasks import make_task
 from forgetting.tasks.encoding import encode_examples

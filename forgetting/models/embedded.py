@@ -230,7 +230,7 @@ def pretrain(recipe: PretrainRecipe, out_dir: Path, *, progress: bool = True) ->
     """
     from tqdm.auto import tqdm
 
-    from forgetting.results import atomic_dir, provenance
+    from forgetting.files import atomic_dir, provenance
 
     torch.manual_seed(recipe.seed)
     tokenizer = build_tokenizer(recipe.world_seed, recipe.n_entities)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import get_scheduler
 
 from forgetting.errors import TrainingDiverged
+from forgetting.hooks import Hooks, TaskContext, TrainingHook
 from forgetting.tasks.encoding import IGNORE_INDEX, EncodedExamples
 from forgetting.train.batches import batch_indices, shard
 
@@ -38,7 +39,7 @@ class OptimConfig:
 
     @classmethod
     def from_spec(cls, spec) -> "OptimConfig":
-        """From an :class:`forgetting.experiments.OptimizerSpec`."""
+        """From an :class:`forgetting.spec.OptimizerSpec`."""
         return cls(spec.lr, spec.weight_decay, tuple(spec.betas), spec.warmup_steps, spec.schedule, spec.max_grad_norm)
 
 
@@ -74,15 +75,19 @@ def train_task(
     seed: int,
     accelerator,
     grad_accum: int = 1,
-    on_step: Callable[[int, float, float], None] | None = None,
+    hooks: Sequence[TrainingHook] = (),
     task_name: str = "task",
+    stage: int | None = None,
+    earlier: dict[str, EncodedExamples] | None = None,
 ) -> list[float]:
-    """Run ``steps`` optimizer steps on ``data`` and return the loss of every step.
+    """Run ``steps`` optimizer steps on ``data`` and return the (task) loss of every step.
 
     ``batch_size`` is the global batch (all processes, all accumulation micro-steps); it must split
-    evenly into ``grad_accum x num_processes`` shares. ``on_step(step, loss, lr)`` is called after each
-    optimizer step on every process (1-based ``step``). A non-finite loss raises
-    :class:`~forgetting.errors.TrainingDiverged` on every process at once (the loss is all-reduced before the check).
+    evenly into ``grad_accum x num_processes`` shares. ``hooks`` are called at the points listed in
+    :mod:`forgetting.hooks`, on every process, in order; ``stage`` and ``earlier`` (the training data of
+    the earlier tasks of a sequence) are passed on to them in the :class:`~forgetting.hooks.TaskContext`.
+    A non-finite loss raises :class:`~forgetting.errors.TrainingDiverged` on every process at once (the
+    loss is all-reduced before the check).
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     if batch_size % (grad_accum * world):
@@ -90,7 +95,13 @@ def train_task(
             f"batch_size: {batch_size} does not split into grad_accum ({grad_accum}) x processes ({world}) equal shares"
         )
     device = accelerator.device
+    hook = Hooks(hooks)
+    ctx = TaskContext(model=model, data=data, task_name=task_name, steps=steps, grad_accum=grad_accum,
+                      accelerator=accelerator, stage=stage, earlier=dict(earlier or {}))
+    hook.before_task(ctx)
+    data = ctx.data
     optimizer, scheduler = make_optimizer(model, optim, steps)
+    ctx.optimizer = optimizer
     order = batch_indices(len(data), batch_size, steps, seed)
     tokens_per_example = (data.labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -104,8 +115,9 @@ def train_task(
         for m, micro in enumerate(micro_batches):
             sync = contextlib.nullcontext() if m == grad_accum - 1 else accelerator.no_sync(model)
             with sync:
-                loss_sum = target_loss_sum(model, data.select(shard(micro, rank, world)), device)
-                accelerator.backward(loss_sum * (world / n_tokens))
+                ctx.micro_batch = data.select(shard(micro, rank, world))
+                loss_sum = target_loss_sum(model, ctx.micro_batch, device)
+                accelerator.backward(hook.before_backward(ctx, loss_sum * (world / n_tokens)))
             local_sum += loss_sum.detach()
         loss = float(accelerator.reduce(local_sum, reduction="sum")) / n_tokens
         if not math.isfinite(loss):
@@ -114,6 +126,7 @@ def train_task(
                 f"task {task_name!r}, step {step}: the loss became {loss}; lower optimizer.lr "
                 f"(now {optim.lr}) or set optimizer.max_grad_norm. Completed tasks are kept."
             )
+        hook.after_backward(ctx)
         if optim.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(trainable, optim.max_grad_norm)
         optimizer.step()
@@ -121,7 +134,9 @@ def train_task(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss)
-        if on_step is not None:
-            on_step(step, loss, lr)
+        ctx.step, ctx.loss, ctx.lr = step, loss, lr
+        hook.after_step(ctx)
     model.eval()
+    ctx.micro_batch = None
+    hook.after_task(ctx)
     return losses

@@ -19,17 +19,23 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
 
-from forgetting import paths
+from forgetting import mitigations, paths
 from forgetting.errors import SpecError
-from forgetting.evaluate import PreparedTask, evaluation_rows, prepare_task
-from forgetting.experiments import ExperimentSpec
-from forgetting.results import atomic_write_json, atomic_write_table, provenance, read_json
-from forgetting.tasks.families import make_task
+from forgetting.evaluate import PreparedTask, evaluation_rows
+from forgetting.files import atomic_write_json, atomic_write_table, provenance, read_json
+from forgetting.hooks import TaskContext, TrainingHook
+from forgetting.models import EMBEDDED_MODELS
+from forgetting.models.embedded import RECIPES, encode_corpus, encoded_corpus_loss, heldout_documents
+from forgetting.runs.cache import cache_twin, has_weights
+from forgetting.runs.layout import RunLayout, snapshot_label
+from forgetting.runs.run import Run, model_for_spec, tasks_for_spec
+from forgetting.runs.snapshots import restore_snapshot, save_snapshot
+from forgetting.spec import ExperimentSpec, stage_seed
+from forgetting.tasks.encoding import concat_examples
 from forgetting.train.loop import OptimConfig, train_task
-from forgetting.train.snapshots import restore_snapshot, save_snapshot
-
-MANIFEST, STATE, EVALS, TRAIN_LOG, REFERENCE = "manifest.json", "state.json", "evals.parquet", "train_log.parquet", "reference.parquet"
 
 
 @dataclass
@@ -37,7 +43,7 @@ class RunContext:
     """What a run needs in memory: the spec, model, tokenizer, prepared tasks, accelerator."""
 
     spec: ExperimentSpec
-    out: Path
+    layout: RunLayout
     model: torch.nn.Module
     tokenizer: object
     tasks: list[PreparedTask]
@@ -57,40 +63,16 @@ def steps_per_task(spec: ExperimentSpec, n_train: int) -> int:
     return max(1, math.ceil(spec.epochs_per_task * n_train / spec.batch_size))
 
 
-def stage_seed(seed: int, stage: int) -> int:
-    return seed * 1_000_003 + stage
-
-
-def load_for_spec(spec: ExperimentSpec):
-    """The spec's model (LoRA applied when asked) and tokenizer; deterministic LoRA init."""
-    from forgetting.models import load_model
-
-    model, tokenizer = load_model(spec.model, trust_remote_code=spec.trust_remote_code)
-    if spec.finetune.method == "lora":
-        from forgetting.models.lora import apply_lora
-
-        torch.manual_seed(stage_seed(spec.seed, 0))
-        lora = spec.finetune.lora
-        model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
-    return model, tokenizer
-
-
-def prepare_tasks(spec: ExperimentSpec, tokenizer) -> list[PreparedTask]:
-    d = spec.data
-    return [
-        prepare_task(make_task(name, n_train=d.n_train, n_eval=d.n_eval, seed=d.task_seed), tokenizer)
-        for name in spec.task_list()
-    ]
+def mitigation_hook(spec: ExperimentSpec) -> TrainingHook | None:
+    """The hook of the spec's ``finetune.mitigation`` (``None`` without one, or at strength 0)."""
+    m = spec.finetune.mitigation
+    return None if m is None else mitigations.build(m.name, m.strength, m.options)
 
 
 def _heldout_batches(spec: ExperimentSpec, tokenizer) -> list[dict] | None:
     """The held-out pretraining sample of an embedded model, encoded once for the whole run."""
-    from forgetting.models import EMBEDDED_MODELS
-
     if not spec.eval.heldout_corpus or spec.model not in EMBEDDED_MODELS:
         return None
-    from forgetting.models.embedded import RECIPES, encode_corpus, heldout_documents
-
     documents = heldout_documents(RECIPES[spec.model])[: spec.eval.heldout_documents]
     return encode_corpus(tokenizer, documents, batch_size=spec.eval.batch_size)
 
@@ -98,8 +80,6 @@ def _heldout_batches(spec: ExperimentSpec, tokenizer) -> list[dict] | None:
 def _evaluate(ctx: RunContext, stage: int, stage_task: str, step: int, end: bool) -> None:
     if not ctx.main:
         return
-    from forgetting.models.embedded import encoded_corpus_loss
-
     model = ctx.accelerator.unwrap_model(ctx.model)
     heldout = encoded_corpus_loss(model, ctx.heldout) if ctx.heldout else None
     ctx.evals += evaluation_rows(
@@ -108,15 +88,11 @@ def _evaluate(ctx: RunContext, stage: int, stage_task: str, step: int, end: bool
     )
 
 
-def snapshot_label(stage: int, task: str, step: int | None = None) -> str:
-    return f"stage{stage:02d}-{task}" + (f"-step{step:06d}" if step is not None else "")
-
-
 def _snapshot(ctx: RunContext, stage: int, task: str, step: int, end: bool) -> str:
     label = snapshot_label(stage, task, None if end else step)
     if ctx.main:
         meta = {"label": label, "stage": stage, "task": task, "step": step, "end_of_stage": end}
-        save_snapshot(ctx.accelerator.unwrap_model(ctx.model), ctx.out / "snapshots" / label, meta)
+        save_snapshot(ctx.accelerator.unwrap_model(ctx.model), ctx.layout.snapshot(label), meta)
     return label
 
 
@@ -124,35 +100,47 @@ def _commit_stage(ctx: RunContext, state: dict, stage: int, labels: list[str]) -
     """Make a stage durable: tables first, then ``state.json`` (the resume point)."""
     ctx.accelerator.wait_for_everyone()
     if ctx.main:
-        atomic_write_table(ctx.out / EVALS, pd.DataFrame(ctx.evals))
+        atomic_write_table(ctx.layout.evals, pd.DataFrame(ctx.evals))
         if ctx.train_log:
-            atomic_write_table(ctx.out / TRAIN_LOG, pd.DataFrame(ctx.train_log))
+            atomic_write_table(ctx.layout.train_log, pd.DataFrame(ctx.train_log))
         state["completed_stages"] = stage
         state["snapshots"] = state.get("snapshots", []) + labels
-        atomic_write_json(ctx.out / STATE, state)
+        atomic_write_json(ctx.layout.state, state)
     ctx.accelerator.wait_for_everyone()
+
+
+class _StageRecorder(TrainingHook):
+    """The run's own hook (called last): the train log, the progress bar, and the evaluations and
+    snapshots every ``eval.every`` / ``snapshots.every`` steps inside a stage."""
+
+    def __init__(self, ctx: RunContext, stage: int, global_step: int, steps: int, bar):
+        self.run, self.stage, self.global_step, self.steps, self.bar = ctx, stage, global_step, steps, bar
+        self.labels: list[str] = []
+
+    def after_step(self, task_ctx: TaskContext) -> None:
+        ctx, spec, step, name = self.run, self.run.spec, task_ctx.step, task_ctx.task_name
+        g = self.global_step + step
+        ctx.train_log.append({"stage": self.stage, "task": name, "step": g, "loss": task_ctx.loss, "lr": task_ctx.lr})
+        self.bar.update(1)
+        self.bar.set_postfix(task=name, loss=f"{task_ctx.loss:.3f}", refresh=False)
+        if step < self.steps and spec.eval.every and step % spec.eval.every == 0:
+            _evaluate(ctx, self.stage, name, g, end=False)
+        if step < self.steps and spec.snapshots.every and step % spec.snapshots.every == 0:
+            self.labels.append(_snapshot(ctx, self.stage, name, g, end=False))
 
 
 def _run_stage(ctx: RunContext, state: dict, stage: int, global_step: int, bar) -> int:
     spec, task = ctx.spec, ctx.tasks[stage - 1]
     steps = steps_per_task(spec, len(task.train))
     torch.manual_seed(stage_seed(spec.seed, stage))
-    labels: list[str] = []
-
-    def on_step(step: int, loss: float, lr: float) -> None:
-        g = global_step + step
-        ctx.train_log.append({"stage": stage, "task": task.name, "step": g, "loss": loss, "lr": lr})
-        bar.update(1)
-        bar.set_postfix(task=task.name, loss=f"{loss:.3f}", refresh=False)
-        if step < steps and spec.eval.every and step % spec.eval.every == 0:
-            _evaluate(ctx, stage, task.name, g, end=False)
-        if step < steps and spec.snapshots.every and step % spec.snapshots.every == 0:
-            labels.append(_snapshot(ctx, stage, task.name, g, end=False))
-
+    recorder = _StageRecorder(ctx, stage, global_step, steps, bar)
+    earlier = {t.name: t.train for t in ctx.tasks[: stage - 1]}
     train_task(
         ctx.model, task.train, steps=steps, batch_size=spec.batch_size, grad_accum=spec.grad_accum,
-        optim=OptimConfig.from_spec(spec.optimizer), seed=stage_seed(spec.seed, stage), accelerator=ctx.accelerator, on_step=on_step, task_name=task.name,
+        optim=OptimConfig.from_spec(spec.optimizer), seed=stage_seed(spec.seed, stage), accelerator=ctx.accelerator,
+        hooks=[mitigation_hook(spec), recorder], task_name=task.name, stage=stage, earlier=earlier,
     )
+    labels = recorder.labels
     global_step += steps
     _evaluate(ctx, stage, task.name, global_step, end=True)
     labels.append(_snapshot(ctx, stage, task.name, global_step, end=True))
@@ -160,9 +148,10 @@ def _run_stage(ctx: RunContext, state: dict, stage: int, global_step: int, bar) 
     return global_step
 
 
-def _check_out_dir(spec: ExperimentSpec, out: Path) -> dict:
+def check_out_dir(spec: ExperimentSpec, out: Path) -> dict:
     """The resume state of ``out`` (empty for a new run); refuses a folder holding another spec."""
-    manifest_path = out / MANIFEST
+    layout = RunLayout(out)
+    manifest_path = layout.manifest
     if manifest_path.is_file():
         manifest = read_json(manifest_path)
         if manifest.get("spec_hash") != spec.hash():
@@ -170,7 +159,7 @@ def _check_out_dir(spec: ExperimentSpec, out: Path) -> dict:
                 "--out", f"{out} holds a run of another spec (hash {manifest.get('spec_hash')}, this one "
                 f"{spec.hash()}); choose another folder"
             )
-        return read_json(out / STATE) if (out / STATE).is_file() else {}
+        return read_json(layout.state) if layout.state.is_file() else {}
     if out.exists() and any(out.iterdir()):
         raise SpecError("--out", f"{out} exists, is not empty and is not a run folder; choose another folder")
     return {}
@@ -178,18 +167,16 @@ def _check_out_dir(spec: ExperimentSpec, out: Path) -> dict:
 
 def _load_tables(ctx: RunContext, completed: int) -> None:
     """Reload rows of completed stages (rows of a stage cut short by a kill are dropped)."""
-    for name, target in ((EVALS, ctx.evals), (TRAIN_LOG, ctx.train_log)):
-        if (ctx.out / name).is_file():
-            df = pd.read_parquet(ctx.out / name)
+    for path, target in ((ctx.layout.evals, ctx.evals), (ctx.layout.train_log, ctx.train_log)):
+        if path.is_file():
+            df = pd.read_parquet(path)
             target += df[df["stage"] <= completed].to_dict("records")
 
 
 def run_reference(ctx: RunContext, state: dict) -> None:
     """Joint multi-task training from the base snapshot: the reference a*_k for intransigence."""
-    from forgetting.tasks.encoding import concat_examples
-
     spec = ctx.spec
-    restore_snapshot(ctx.accelerator.unwrap_model(ctx.model), ctx.out / "snapshots" / snapshot_label(0, "base"))
+    restore_snapshot(ctx.accelerator.unwrap_model(ctx.model), ctx.layout.snapshot(snapshot_label(0, "base")))
     joint = concat_examples([t.train for t in ctx.tasks])
     steps = spec.reference.steps or sum(steps_per_task(spec, len(t.train)) for t in ctx.tasks)
     torch.manual_seed(stage_seed(spec.seed, 10_000))
@@ -200,9 +187,9 @@ def run_reference(ctx: RunContext, state: dict) -> None:
     if ctx.main:
         rows = evaluation_rows(ctx.accelerator.unwrap_model(ctx.model), ctx.tasks, stage=-1, stage_task="joint",
                                step=steps, end_of_stage=True, batch_size=spec.eval.batch_size)
-        atomic_write_table(ctx.out / REFERENCE, pd.DataFrame(rows))
+        atomic_write_table(ctx.layout.reference, pd.DataFrame(rows))
         state["reference_done"] = True
-        atomic_write_json(ctx.out / STATE, state)
+        atomic_write_json(ctx.layout.state, state)
     ctx.accelerator.wait_for_everyone()
 
 
@@ -214,17 +201,13 @@ def make_accelerator():
     machine without GPUs this gives 2 CPU processes. ``accelerate launch --cpu --num_processes 2``
     starts ONE process in accelerate 1.x unless an MPI hostfile is given (``--mpirun_hostfile``).
     """
-    from accelerate import Accelerator
-
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = True) -> Path:
     """Run (or resume) ``spec`` into folder ``out``; returns ``out``. See the module docstring."""
-    from tqdm.auto import tqdm
-
     out = Path(out)
-    state = _check_out_dir(spec, out)
+    state = check_out_dir(spec, out)
     if state.get("completed_stages") == len(spec.task_list()) and (
         state.get("reference_done") or not spec.reference.enabled
     ):
@@ -232,22 +215,24 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = Tr
     accelerator = make_accelerator()
     if spec.batch_size % (spec.grad_accum * accelerator.num_processes):
         raise SpecError("batch_size", f"{spec.batch_size} must split into grad_accum x {accelerator.num_processes} processes")
-    model, tokenizer = load_for_spec(spec)
-    tasks = prepare_tasks(spec, tokenizer)
+    mitigation_hook(spec)  # a bad mitigation option fails here, before the model is loaded
+    model, tokenizer = model_for_spec(spec)
+    tasks = tasks_for_spec(spec, tokenizer)
     model = accelerator.prepare_model(model)
-    ctx = RunContext(spec, out, model, tokenizer, tasks, accelerator, _heldout_batches(spec, tokenizer))
-    if ctx.main and not (out / MANIFEST).is_file():
+    layout = RunLayout(out)
+    ctx = RunContext(spec, layout, model, tokenizer, tasks, accelerator, _heldout_batches(spec, tokenizer))
+    if ctx.main and not layout.manifest.is_file():
         out.mkdir(parents=True, exist_ok=True)
         manifest = {
             "spec": spec.model_dump(mode="json"), "spec_hash": spec.hash(), "seed": spec.seed,
             "tasks": [t.name for t in tasks], "num_processes": accelerator.num_processes, **provenance(),
         }
-        atomic_write_json(out / MANIFEST, manifest)
+        atomic_write_json(layout.manifest, manifest)
     completed = state.get("completed_stages", -1)
     _load_tables(ctx, completed)
     if completed >= 0:
         last = state["snapshots"][-1]
-        restore_snapshot(accelerator.unwrap_model(model), out / "snapshots" / last)
+        restore_snapshot(accelerator.unwrap_model(model), layout.snapshot(last))
     total = sum(steps_per_task(spec, len(t.train)) for t in tasks)
     done_steps = sum(steps_per_task(spec, len(t.train)) for t in tasks[: max(completed, 0)])
     bar = tqdm(total=total, initial=done_steps, desc=spec.name, disable=not progress or paths.quiet() or not ctx.main)
@@ -262,3 +247,12 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = Tr
     if spec.reference.enabled and not state.get("reference_done"):
         run_reference(ctx, state)
     return out
+
+
+def with_weights(run_dir: str | Path, *, progress: bool = True) -> Path:
+    """``run_dir`` if it has its snapshots, else its spec re-run (or resumed) into its cache twin
+    (:func:`forgetting.runs.cache_twin`): a published run holds only tables."""
+    run_dir = Path(run_dir)
+    if has_weights(run_dir):
+        return run_dir
+    return run_experiment(Run.open(run_dir).spec, cache_twin(run_dir), progress=progress)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import altair as alt
-import numpy as np
 import pandas as pd
 
 from forgetting.mechanisms.drift import intermediate_layers

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import altair as alt
-import numpy as np
 import pandas as pd
 
 from forgetting.mechanisms.gradients import compare_with_null, conflict_rate

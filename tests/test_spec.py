@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from forgetting.errors import SpecError
-from forgetting.experiments import load_spec, parse_spec
+from forgetting.spec import load_spec, parse_spec
 from forgetting.paths import SPECS_DIR
 from tests.conftest import small_spec
 

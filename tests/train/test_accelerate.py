@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from forgetting.experiments import parse_spec
+from forgetting.spec import parse_spec
 from forgetting.train.sequence import run_experiment
 from tests.conftest import small_spec
 

@@ -22,12 +22,23 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from forgetting import mitigations
 from forgetting.errors import SpecError
+from forgetting.models import EMBEDDED_MODELS
+from forgetting.models.finetune import method_names
+from forgetting.tasks.families import task_names
+from forgetting.tasks.sequences import SEQUENCES
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """The seed of stage ``stage`` of a run with seed ``seed``: its batch order and RNG draw from it,
+    so a resumed stage repeats exactly. Stage 0 seeds the fine-tuning method (LoRA's initialisation)."""
+    return seed * 1_000_003 + stage
 
 
 class _Strict(BaseModel):
@@ -47,9 +58,32 @@ class LoraSpec(_Strict):
     target_modules: list[str] | None = Field(default=None, description="None: the architecture's default")
 
 
+class MitigationSpec(_Strict):
+    """A registered mitigation (:func:`forgetting.mitigations.names`) and its main knob (0 = off)."""
+
+    name: str
+    strength: float = Field(default=1.0, ge=0, le=1e6, description="the method's main knob; 0 turns it off")
+    options: dict[str, Any] = Field(default_factory=dict, description="further options of the method")
+
+    @field_validator("name")
+    @classmethod
+    def _known_mitigation(cls, value: str) -> str:
+        if value not in mitigations.names():
+            raise ValueError(f"unknown mitigation {value!r}; allowed: {', '.join(mitigations.names()) or 'none'}")
+        return value
+
+
 class FinetuneSpec(_Strict):
-    method: Literal["full", "lora"] = "full"
+    method: str = Field(default="full", description="a registered method: forgetting.models.finetune.method_names()")
     lora: LoraSpec = LoraSpec()
+    mitigation: MitigationSpec | None = None
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in method_names():
+            raise ValueError(f"unknown method {value!r}; allowed: {', '.join(method_names())}")
+        return value
 
 
 class OptimizerSpec(_Strict):
@@ -99,9 +133,6 @@ class ExperimentSpec(_Strict):
     @field_validator("sequence")
     @classmethod
     def _known_sequence(cls, value: str | list[str]) -> str | list[str]:
-        from forgetting.tasks.families import task_names
-        from forgetting.tasks.sequences import SEQUENCES
-
         if isinstance(value, str):
             if value not in SEQUENCES:
                 raise ValueError(f"unknown sequence {value!r}; allowed: {', '.join(SEQUENCES)} or a list of tasks")
@@ -123,13 +154,14 @@ class ExperimentSpec(_Strict):
 
     def task_list(self) -> list[str]:
         """The task names of the sequence, in order."""
-        from forgetting.tasks.sequences import SEQUENCES
-
         return list(SEQUENCES[self.sequence]) if isinstance(self.sequence, str) else list(self.sequence)
 
     def hash(self) -> str:
         """Stable short hash (12 hex digits) of the fully defaulted spec: same spec, same hash."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        data = self.model_dump(mode="json")
+        if data["finetune"]["mitigation"] is None:  # added later: specs without one keep their hash
+            del data["finetune"]["mitigation"]
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -170,8 +202,6 @@ def parse_spec(data: object, source: str = "spec") -> ExperimentSpec:
 
 def _check_model(spec: ExperimentSpec) -> None:
     """The model must be embedded or an existing local folder or look like a hub id ("org/name")."""
-    from forgetting.models import EMBEDDED_MODELS
-
     name = spec.model
     if name in EMBEDDED_MODELS or Path(name).is_dir():
         return

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from forgetting.errors import SpecError, TrainingDiverged
-from forgetting.experiments import parse_spec
+from forgetting.hooks import TrainingHook
+from forgetting.runs import Run
+from forgetting.spec import parse_spec
 from forgetting.train import sequence as seq
 from forgetting.train.loop import OptimConfig, train_task
 from tests.conftest import small_spec
@@ -43,6 +45,7 @@ def test_run_folder_has_manifest_tables_and_snapshots(finished):
         "stage00-base", "stage01-recall_city-step000003", "stage01-recall_city",
         "stage02-update_city-step000009", "stage02-update_city",
     ]
+    assert [s.label for s in Run.open(out).snapshots()] == state["snapshots"]  # on disk, in step order
     assert all((out / "snapshots" / s / "weights.safetensors").is_file() for s in state["snapshots"])
     assert not list(out.rglob("*.tmp"))
 
@@ -62,13 +65,14 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, finished, m
     spec, reference_out = finished
     real_train_task = seq.train_task
 
+    class Kill(TrainingHook):  # called after the run's own recorder, which is the last hook
+        def after_step(self, ctx):
+            if ctx.step == 4:
+                raise KeyboardInterrupt  # stands in for a kill in the middle of task 2
+
     def interrupted(*args, **kwargs):
         if kwargs["task_name"] == "update_city":
-            def on_step(step, loss, lr, _inner=kwargs["on_step"]):
-                _inner(step, loss, lr)
-                if step == 4:
-                    raise KeyboardInterrupt  # stands in for a kill in the middle of task 2
-            kwargs["on_step"] = on_step
+            kwargs["hooks"] = [*kwargs["hooks"], Kill()]
         return real_train_task(*args, **kwargs)
 
     monkeypatch.setattr(seq, "train_task", interrupted)
@@ -84,7 +88,7 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, finished, m
 
 def test_a_complete_run_is_not_run_again(finished, monkeypatch):
     spec, out = finished
-    monkeypatch.setattr(seq, "load_for_spec", lambda spec: pytest.fail("a complete run must not load a model"))
+    monkeypatch.setattr(seq, "model_for_spec", lambda spec: pytest.fail("a complete run must not load a model"))
     assert seq.run_experiment(spec, out, progress=False) == out
 
 

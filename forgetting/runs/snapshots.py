@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from forgetting.results import atomic_dir, atomic_write_json, read_json
+from forgetting.files import atomic_dir, atomic_write_json, read_json
 
 WEIGHTS = "weights.safetensors"
+META = "meta.json"
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -27,16 +28,23 @@ def save_snapshot(model: torch.nn.Module, folder: Path, meta: dict) -> Path:
     """Write ``folder/weights.safetensors`` and ``folder/meta.json`` atomically."""
     with atomic_dir(folder) as tmp:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
-        atomic_write_json(tmp / "meta.json", meta)
+        atomic_write_json(tmp / META, meta)
     return folder
 
 
 def load_snapshot_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a snapshot folder, by parameter name (CPU)."""
     return load_file(str(Path(folder) / WEIGHTS))
 
 
+def is_snapshot(folder: Path) -> bool:
+    """Whether ``folder`` holds a complete snapshot (its meta.json is written last)."""
+    return (Path(folder) / META).is_file()
+
+
 def snapshot_meta(folder: Path) -> dict:
-    return read_json(Path(folder) / "meta.json")
+    """``label``, ``stage``, ``task``, ``step``, ``end_of_stage`` (run snapshots) or the null's fields."""
+    return read_json(Path(folder) / META)
 
 
 @torch.no_grad()

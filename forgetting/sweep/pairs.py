@@ -1,0 +1,220 @@
+"""The pairwise sweep: train A, then B, for every ordered pair of tasks, and measure how much of A is
+forgotten.
+
+**The pairwise sweep** (:func:`pairwise_sweep`). For every ordered pair (A, B) of distinct tasks: train A,
+then B (the profile's spec with ``sequence: [A, B]``, the profile's sweep step count, evaluation at the
+end of each stage only, no joint reference), through :func:`forgetting.profiles.run_cached`, so every pair
+is cached on disk and a killed sweep resumes where it stopped. Per pair, from the end-of-stage evaluations
+(stage 1 = after A, stage 2 = after B, on the tasks' eval splits)::
+
+    forgetting_loss   = loss_A(stage 2) - loss_A(stage 1)                  (nats/token; > 0: forgotten)
+    forgetting_exact  = exact_A(stage 1) - exact_A(stage 2)
+    forgetting_answer = answer_A(stage 1) - answer_A(stage 2)
+    gain_loss_b       = loss_B(stage 1) - loss_B(stage 2)                  (what training B taught B)
+    gain_exact_b      = exact_B(stage 2) - exact_B(stage 1)
+
+Alignment along the sweep (:func:`sweep_alignment`): similarity at the base model says nothing about the
+state B's training starts from. At theta_A (the snapshot after A) of each pair::
+
+    alignment_at_a   = cos(g_A(theta_A), g_B(theta_A))           (old vs new task gradient, all parameters)
+    update_alignment = cos(theta_A - theta_0, -g_B(theta_A))      (B's first descent direction vs what A changed)
+
+A converged A has a small, noisy gradient (SCIENCE.md), so the second, which does not need g_A, is the
+steadier one: negative means B's first steps point back against A's change.
+
+Bad input (unknown task, fewer than two tasks, repeated tasks, unknown profile) raises
+:class:`forgetting.errors.SpecError` naming the field and the allowed values, before any work.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from forgetting import paths
+from forgetting.errors import SpecError
+from forgetting.files import atomic_write_table
+from forgetting.mechanisms.gradients import task_gradients
+from forgetting.mechanisms.similarity import _check_task_names, _frame, cosine
+from forgetting.profiles import experiment_spec, run_cached, sweep_settings
+from forgetting.runs import Run, tasks_for_spec
+from forgetting.spec import ExperimentSpec, parse_spec
+from forgetting.tasks.families import make_task
+
+#: Columns of the table of :func:`pairwise_sweep`, one row per ordered pair (see the module docstring).
+SWEEP_COLUMNS = (
+    "task_a", "task_b", "seed", "steps", "loss_a_before", "loss_a_after", "exact_a_before", "exact_a_after",
+    "answer_a_before", "answer_a_after", "forgetting_loss", "forgetting_exact", "forgetting_answer",
+    "gain_loss_b", "gain_exact_b", "exact_b_after", "run",
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the pairwise sweep
+# ---------------------------------------------------------------------------------------------------
+
+
+def sweep_spec(task_a: str, task_b: str, *, profile: str = "quick", model: str | None = None, seed: int | None = None,
+               steps: int | None = None, base: Any = None):
+    """The spec of one sweep pair: ``base`` (a spec or spec dict; default the profile's spec) with
+    ``sequence: [task_a, task_b]``, ``steps_per_task`` = ``steps`` (default: the profile's sweep steps),
+    evaluation at the end of each stage only (``eval.every: 0``) and no joint reference. With ``base``
+    given and ``steps=None``, the base's own ``steps_per_task`` is kept."""
+    base_given = base is not None
+    if base is None:
+        base = experiment_spec(profile, model=model, seed=seed)
+    data = base.model_dump(mode="json") if isinstance(base, ExperimentSpec) else dict(base)
+    if model is not None:
+        data["model"] = model
+    if seed is not None:
+        data["seed"] = seed
+    eval_spec = dict(data.get("eval") or {})
+    eval_spec["every"] = 0
+    data.update(
+        name=f"{data.get('name', 'spec')}-sweep", sequence=[task_a, task_b], eval=eval_spec,
+        reference={"enabled": False}, epochs_per_task=None,
+        steps_per_task=steps or (data.get("steps_per_task") if base_given else None) or sweep_settings(profile)["steps"],
+    )
+    return parse_spec(data, source=f"sweep {task_a} -> {task_b}")
+
+
+def _pair_row(folder, task_a: str, task_b: str) -> dict:
+    run = Run.open(folder)
+    ev = run.evals[run.evals["end_of_stage"]]
+    value = ev.set_index(["stage", "task", "metric"])["value"]
+    v = lambda stage, task, metric: float(value.get((stage, task, metric), np.nan))  # noqa: E731
+    return {
+        "task_a": task_a, "task_b": task_b, "seed": run.seed, "steps": int(run.manifest["spec"]["steps_per_task"]),
+        "loss_a_before": v(1, task_a, "loss"), "loss_a_after": v(2, task_a, "loss"),
+        "exact_a_before": v(1, task_a, "exact_match"), "exact_a_after": v(2, task_a, "exact_match"),
+        "answer_a_before": v(1, task_a, "answer_match"), "answer_a_after": v(2, task_a, "answer_match"),
+        "forgetting_loss": v(2, task_a, "loss") - v(1, task_a, "loss"),
+        "forgetting_exact": v(1, task_a, "exact_match") - v(2, task_a, "exact_match"),
+        "forgetting_answer": v(1, task_a, "answer_match") - v(2, task_a, "answer_match"),
+        "gain_loss_b": v(1, task_b, "loss") - v(2, task_b, "loss"),
+        "gain_exact_b": v(2, task_b, "exact_match") - v(1, task_b, "exact_match"),
+        "exact_b_after": v(2, task_b, "exact_match"),
+        "run": str(folder),
+    }
+
+
+def pairwise_sweep(
+    task_names: Sequence[str] | None = None,
+    *,
+    profile: str = "quick",
+    model: str | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    spec: Any = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train A then B for every ordered pair of distinct ``task_names`` and measure the forgetting of A.
+
+    Args:
+        task_names: at least 2 distinct task names (default: the profile's sweep tasks,
+            ``forgetting.profiles.PROFILES[profile]["sweep"]["tasks"]``).
+        profile, model, seed: the base spec (``experiment_spec(profile, model=model, seed=seed)``);
+            ``spec`` (an ExperimentSpec or a spec dict) replaces it (tests use a tiny one).
+        steps: optimizer steps per task (default: the profile's sweep steps).
+
+    Returns:
+        one row per ordered pair (K (K-1) rows, in ``itertools.permutations`` order) with
+        :data:`SWEEP_COLUMNS` (module docstring): the forgetting of A by loss, exact match and answer
+        match, and B's gain. Every pair is a cached run (:func:`forgetting.profiles.run_cached`): a second
+        call reads the results back; an interrupted sweep resumes.
+    """
+    settings = sweep_settings(profile)
+    names = list(settings["tasks"] if task_names is None else task_names)
+    _check_task_names(names)
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise SpecError("steps", f"must be an integer >= 1, got {steps!r}")
+    pairs = list(itertools.permutations(names, 2))
+    specs = [sweep_spec(a, b, profile=profile, model=model, seed=seed, steps=steps, base=spec) for a, b in pairs]
+    rows = []
+    for (a, b), pair_spec in tqdm(list(zip(pairs, specs)), desc="sweep pairs", disable=not progress or paths.quiet()):
+        rows.append(_pair_row(run_cached(pair_spec, progress=False), a, b))
+    return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
+
+
+#: File name (per ``n_examples``) of the cached :func:`sweep_alignment` rows in a pair's run folder.
+ALIGNMENT_FILE = "similarity_alignment_n{n}.parquet"
+
+
+def sweep_alignment(sweep: pd.DataFrame, *, n_examples: int = 64, batch_size: int = 32,
+                    progress: bool = True) -> pd.DataFrame:
+    """``alignment_at_a`` and ``update_alignment`` (module docstring) for every pair of a sweep.
+
+    Args:
+        sweep: the table of :func:`pairwise_sweep` (its ``run`` column names each pair's run folder).
+        n_examples: the first ``n_examples`` train examples of A and of B give their gradients.
+
+    Returns:
+        long DataFrame (:data:`SIMILARITY_COLUMNS`) with the two measures per ordered pair. Each pair's
+        rows are cached in its run folder (``similarity_alignment_n<n>.parquet``) and read back next time.
+    """
+    missing = [c for c in ("task_a", "task_b", "run") if c not in getattr(sweep, "columns", ())]
+    if missing:
+        raise SpecError("sweep", f"missing column(s) {', '.join(missing)}; pass the table of pairwise_sweep")
+    frames, loaded = [], None
+    for a, b, folder in tqdm(list(zip(sweep.task_a, sweep.task_b, sweep.run)), desc="alignment",
+                             disable=not progress or paths.quiet()):
+        cache = Path(folder) / ALIGNMENT_FILE.format(n=n_examples)
+        if cache.is_file():
+            frames.append(pd.read_parquet(cache))
+            continue
+        run = Run.open(folder)
+        base = (run.spec.model, run.spec.finetune.method)
+        if loaded is None or loaded[0] != base:  # one model serves every pair run of the same base model
+            loaded = (base, *run.load_model())
+        _, model, tokenizer = loaded
+        model = run.load_into(model, 1)
+        task_a, task_b = tasks_for_spec(run.spec, tokenizer)
+        g_a = task_gradients(model, task_a.train, batch_size=batch_size, max_examples=n_examples)
+        g_b = task_gradients(model, task_b.train, batch_size=batch_size, max_examples=n_examples)
+        theta_0, theta_a = run.snapshot(0), dict(model.named_parameters())
+        delta = {n: theta_a[n].detach() - theta_0[n].to(theta_a[n].device) for n in g_b if n in theta_0}
+        rows = [{"task_a": a, "task_b": b, "measure": "alignment_at_a", "layer": None, "value": cosine(g_a, g_b)},
+                {"task_a": a, "task_b": b, "measure": "update_alignment", "layer": None,
+                 "value": cosine(delta, {n: -g for n, g in g_b.items()})}]
+        frame = _frame(rows)
+        atomic_write_table(cache, frame)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else _frame([])
+
+
+def sweep_answers(sweep: pd.DataFrame, task_a: str, task_b: str, *, n_examples: int = 3,
+                  max_new_tokens: int = 8) -> pd.DataFrame:
+    """What forgetting looks like: greedy answers to A's first ``n_examples`` held-out prompts after A and after B.
+
+    Reads the pair's run (a row of :func:`pairwise_sweep` with these tasks) and decodes greedily from the
+    snapshots after stage 1 (A) and stage 2 (B). Returns ``prompt, target, after_a, after_b`` per example.
+    """
+    rows = sweep[(sweep["task_a"] == task_a) & (sweep["task_b"] == task_b)] if "run" in sweep.columns else sweep.iloc[:0]
+    if rows.empty:
+        pairs = ", ".join(f"{a}->{b}" for a, b in zip(sweep.get("task_a", []), sweep.get("task_b", [])))
+        raise SpecError("task_a, task_b", f"no run for {task_a}->{task_b} in the sweep; allowed: {pairs}")
+    run = Run.open(rows["run"].iloc[0])
+    spec = run.spec
+    model, tokenizer = run.load_model()
+    examples = make_task(task_a, n_eval=spec.data.n_eval, seed=spec.data.task_seed).eval[:n_examples]
+    answers: dict[str, list[str]] = {}
+    model.eval()
+    for stage, key in ((1, "after_a"), (2, "after_b")):
+        run.load_into(model, stage)
+        answers[key] = []
+        for ex in examples:
+            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []  # as in training
+            ids = torch.tensor([bos + list(tokenizer(ex.prompt, add_special_tokens=False)["input_ids"])],
+                               device=next(model.parameters()).device)
+            with torch.no_grad():
+                out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            answers[key].append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return pd.DataFrame({"prompt": [e.prompt for e in examples], "target": [e.target for e in examples], **answers})
