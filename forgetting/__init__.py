@@ -9,7 +9,7 @@ During Continual Fine-tuning* (arXiv 2601.18699). Every chapter of the book runs
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from forgetting.version import __version__
 
 __all__ = ["__version__", "load_model"]
 
@@ -19,6 +19,6 @@ def load_model(name_or_path: str = "tiny", **kwargs):
 
     See :func:`forgetting.models.load_model` for the arguments.
     """
-    from forgetting.models import load_model as _load_model
+    from forgetting.models import load_model as _load_model  # deferred: `import forgetting` stays light
 
     return _load_model(name_or_path, **kwargs)

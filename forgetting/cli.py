@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from forgetting.errors import ForgettingError, SpecError
+from forgetting.version import __version__
 
 EXIT_BAD_INPUT = 2
 
@@ -122,7 +123,6 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from forgetting import __version__
     from forgetting.models.embedded import RECIPES  # deferred: see the module docstring
     from forgetting.profiles import PROFILES  # deferred
 

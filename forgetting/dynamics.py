@@ -38,11 +38,7 @@ from tqdm.auto import tqdm
 from forgetting import paths
 from forgetting.errors import SpecError
 from forgetting.files import atomic_write_json, atomic_write_table, provenance
-from forgetting.mechanisms.drift import cka_by_layer, intermediate_layers
-from forgetting.mechanisms.gradients import gradient_alignment, task_gradients
-from forgetting.mechanisms.heads import head_activity, head_disruption
-from forgetting.mechanisms.probes import hidden_states, top_eigenvalue
-from forgetting.models.geometry import attention_geometry
+from forgetting.measures import Probe, measures
 from forgetting.profiles import experiment_spec
 from forgetting.runs import Run, RunLayout, code_fingerprint, stored_or_compute
 from forgetting.runs.snapshots import snapshot_meta
@@ -50,7 +46,7 @@ from forgetting.spec import ExperimentSpec
 from forgetting.train import with_weights
 
 DYNAMICS_SEQUENCE = ("recall_city", "recall_job")
-DYNAMICS_CODE = ("dynamics.py", "mechanisms")
+DYNAMICS_CODE = ("dynamics.py", "measures.py", "mechanisms")
 #: Fractions of the stage at which snapshots are analysed (dense early, where forgetting happens).
 DEFAULT_POINTS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 #: What each measure means (for chart labels and the chapter's table).
@@ -113,39 +109,26 @@ def training_dynamics(
         raise SpecError("stage", f"{stage} not allowed; allowed: 2..{len(names)}")
     chosen = _stage_points(run, stage, points)
     tasks = run.tasks
-    model = run.model_at(0)
     old, new = tasks[stage - 2], tasks[stage - 1]
-    examples = old.eval.select(slice(0, n_examples))
-    new_examples = new.train.select(slice(0, n_examples))
-    geometry = attention_geometry(model)
+    traced = [m for m in measures() if m.trace]
+    order = {name: i for i, name in enumerate(("old_loss", *MEASURES))}  # the table's row order per point
     rows: list[dict] = []
-    start_hidden = start_heads = start_loss = None
+    start: dict | None = None
     for step, folder in tqdm(chosen, desc="dynamics", disable=not progress or paths.quiet()):
-        model = run.model_at(folder)
-        hidden, mask = hidden_states(model, examples, batch_size)
-        heads = head_activity(model, examples, batch_size=batch_size, ablation=None)
-        curvature = top_eigenvalue(model, examples, hessian_iters)
-        if start_hidden is None:
-            start_hidden, start_heads, start_loss = hidden, heads, curvature["loss"]
-        g_old = task_gradients(model, examples, batch_size=batch_size)
-        g_new = task_gradients(model, new_examples, batch_size=batch_size)
-        alignment = gradient_alignment(g_old, g_new, geometry, heads=False)
-        whole = alignment[alignment["unit"] == "model"].set_index("group")["cosine"]
-        cka = cka_by_layer(start_hidden, hidden, mask, readout="mean")
-        js = head_disruption(start_heads, heads)
-        values = {
-            "old_loss": curvature["loss"],
-            "forgetting": curvature["loss"] - start_loss,
-            "drift": 1.0 - float(cka[cka["layer"].isin(intermediate_layers(range(len(hidden))))]["cka"].mean()),
-            "grad_cosine": float(whole["all"]),
-            "grad_cosine_attention": float(whole["attention"]),
-            "lambda_max": curvature["lambda_max"],
-            "lambda_max_per_loss": curvature["lambda_max_per_loss"],
-            "head_js": float(js[js["metric"] == "js_divergence"]["value"].mean()),
-        }
+        probe = Probe(run.model_at(folder), old.eval.select(slice(0, n_examples)), new.train,
+                      new.train.select(slice(0, n_examples)), batch_size, hessian_iters, n_examples)
+        now = {m.name: m.record(probe) if m.record else None for m in traced}
+        start = now if start is None else start
+        values: dict[str, float] = {}
+        layer_values: list[tuple[str, int, float]] = []
+        for m in traced:
+            scalars, per_layer = m.trace(start[m.name], now[m.name], probe)
+            values.update(scalars)
+            layer_values += per_layer
         base = {"step": step, "snapshot": folder.name}
-        rows += [{**base, "measure": m, "layer": -1, "value": v} for m, v in values.items()]
-        rows += [{**base, "measure": "cka", "layer": int(r.layer), "value": float(r.cka)} for r in cka.itertuples()]
+        ranked = sorted(values.items(), key=lambda kv: order.get(kv[0], len(order)))
+        rows += [{**base, "measure": m, "layer": -1, "value": v} for m, v in ranked]
+        rows += [{**base, "measure": m, "layer": layer, "value": v} for m, layer, v in layer_values]
     return pd.DataFrame(rows).assign(old_task=old.name, new_task=new.name)
 
 
@@ -162,7 +145,7 @@ def dynamics_for(run_dir: str | Path, *, progress: bool = True, stored_only: boo
     and the measuring code are unchanged (a stale published run is re-run into the cache first:
     :func:`forgetting.runs.stored_or_compute`); ``stored_only=True`` raises :class:`LookupError` instead."""
     key = {"arguments": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(kwargs.items())},
-           "code": code_fingerprint(DYNAMICS_CODE)}
+           "measures": [m.name for m in measures() if m.trace], "code": code_fingerprint(DYNAMICS_CODE)}
 
     def compute(folder: Path) -> None:
         layout = RunLayout(folder)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from forgetting.metrics import summarize
 from forgetting.tasks.encoding import IGNORE_INDEX, EncodedExamples, answer_token_ids, concat_examples, encode_examples
 from forgetting.tasks.families import Task
 
@@ -189,8 +190,6 @@ def summary_table(evals: pd.DataFrame, reference: pd.DataFrame | None = None) ->
 
     Losses are negated so that, as for the other metrics, higher is better. One row per metric.
     """
-    from forgetting.metrics import summarize
-
     out = []
     for metric in METRICS:
         R = performance_matrix(evals, metric)

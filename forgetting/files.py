@@ -28,7 +28,8 @@ from typing import Any
 
 import pandas as pd
 
-from forgetting import __version__, paths
+from forgetting import paths
+from forgetting.version import __version__
 
 
 def git_commit() -> str | None:

@@ -42,6 +42,7 @@ import pandas as pd
 
 from forgetting.analysis import analysis_for
 from forgetting.dynamics import dynamics_for, dynamics_spec, onset_steps
+from forgetting.measures import Measure, measures
 from forgetting.mechanisms.drift import intermediate_layers
 from forgetting.profiles import experiment_spec, run_cached, seeds, sweep_settings
 from forgetting.runs.cache import is_published
@@ -98,7 +99,7 @@ def _fmt(mean: float, low: float, high: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def interference_row(gradients: pd.DataFrame) -> LedgerRow:
+def interference_row(gradients: pd.DataFrame, sequence: list[str] | None = None) -> LedgerRow:
     """Claim 1 from the ``gradients`` table (rows of several seeds told apart by a ``seed`` column)."""
     keys = _pair_keys(gradients)
     heads = gradients[gradients["unit"] == "head"]
@@ -141,7 +142,7 @@ def drift_row(drift: pd.DataFrame, sequence: list[str] | None = None) -> LedgerR
     )
 
 
-def flattening_row(curvature: pd.DataFrame) -> LedgerRow:
+def flattening_row(curvature: pd.DataFrame, sequence: list[str] | None = None) -> LedgerRow:
     """Claim 3 from the ``curvature`` table (``snapshot`` before/after per pair)."""
     keys = _pair_keys(curvature)
     wide = curvature.pivot_table(index=keys, columns="snapshot", values=["lambda_max", "lambda_max_per_loss"])
@@ -221,6 +222,12 @@ def ledger_table(rows: list[LedgerRow]) -> pd.DataFrame:
     return pd.DataFrame([asdict(r) for r in rows])
 
 
+def _claim_row(measure: Measure):
+    """The row function that judges ``measure``'s claim: a function of this module named by the measure,
+    or the callable it registered; called as ``row(table, sequence)``."""
+    return measure.claim if callable(measure.claim) else globals()[measure.claim]
+
+
 def claims_for(profile: str = "quick", *, model: str | None = None, seed: int = 0, stored_only: bool = False,
                progress: bool = True) -> pd.DataFrame:
     """The whole ledger for a profile: the main runs' mechanism reports (every seed of the profile;
@@ -240,15 +247,15 @@ def claims_for(profile: str = "quick", *, model: str | None = None, seed: int = 
                   for a in sweep_tasks for b in sweep_tasks if a != b]
     if stored_only and not all(is_published(s) for s in [*mains, *dyns, *pair_specs]):
         raise LookupError(f"profile {profile!r}: not every run is published in data/results (make results)")
-    tables: dict[str, list[pd.DataFrame]] = {n: [] for n in ("gradients", "drift", "curvature", "head_severity")}
+    judged = [m for m in measures() if m.claim]
+    tables: dict[str, list[pd.DataFrame]] = {m.claim_table: [] for m in judged}
     for spec in mains:
         report = analysis_for(run_cached(spec, progress=progress), progress=progress, stored_only=stored_only)
         for name in tables:
             tables[name].append(report[name].assign(seed=spec.seed))
     joined = {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
     sequence = mains[0].task_list()
-    rows = [interference_row(joined["gradients"]), drift_row(joined["drift"], sequence),
-            flattening_row(joined["curvature"]), heads_row(joined["head_severity"], sequence)]
+    rows = [_claim_row(m)(joined[m.claim_table], sequence) for m in judged]
     sweep = pairwise_sweep(profile=profile, model=model, seed=run_seeds[0], progress=progress)
     similarity = similarity_matrix(mains[0].model, sorted(set(sweep["task_a"])), measures=("fisher", "gradient"))
     similarity = similarity[similarity["layer"].isna()].pivot_table(

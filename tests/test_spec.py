@@ -35,7 +35,7 @@ def test_hash_is_stable_and_sensitive():
         ({"batch_size": 0}, "batch_size", "greater than or equal to 1"),
         ({"sequence": "defualt"}, "sequence", "allowed: default, similar"),
         ({"sequence": ["recall_city", "recal_job"]}, "sequence", "unknown task(s) 'recal_job'; allowed: recall_city"),
-        ({"finetune": {"method": "qlora"}}, "finetune.method", "'full' or 'lora'"),
+        ({"finetune": {"method": "qlora"}}, "finetune.method", "allowed: full, lora"),
         ({"model": "not a model"}, "model", "neither an embedded model (tiny, tiny-moe)"),
         ({"epochs_per_task": 2}, "spec", "exactly one of steps_per_task or epochs_per_task"),
         ({"batch_size": 6, "grad_accum": 4}, "spec", "must be a multiple of grad_accum"),

@@ -10,7 +10,7 @@ earlier task ``j``, on ``j``'s eval examples, between the snapshot before stage 
   With ``nulls=True``, also before vs two nulls (SCIENCE.md: a drift counts only where it stands clear
   of both), column ``null``: ``continue`` (task ``i-1`` trained further for as many steps as task
   ``i`` got) and ``reseed`` (task ``i-1`` re-trained from the same start with another seed); made and
-  cached by :func:`forgetting.mechanisms.heads.null_snapshots`. The observed rows have ``null = ""``.
+  cached by :func:`forgetting.nulls.null_snapshots`. The observed rows have ``null = ""``.
 - ``gradients.parquet``: alignment of task ``j``'s loss gradient with task ``i``'s, at the snapshot
   before stage ``i``, per matrix, head, layer and for the whole model
   (:func:`forgetting.mechanisms.gradients.task_alignment`); cosine < 0 is a conflict.
@@ -29,6 +29,8 @@ earlier task ``j``, on ``j``'s eval examples, between the snapshot before stage 
   head is severe only where it moved more than the continue and the reseed null both let heads move.
 
 Every table carries ``stage`` (the stage whose training is analysed), ``new_task`` and ``old_task``.
+The tables are those of the registered measures (:mod:`forgetting.measures`), in registration order:
+a new measure's tables join the report with its registration.
 """
 
 from __future__ import annotations
@@ -41,34 +43,19 @@ from tqdm.auto import tqdm
 from forgetting import paths
 from forgetting.errors import SpecError
 from forgetting.files import atomic_write_json, atomic_write_table, provenance
-from forgetting.mechanisms.drift import cka_by_layer
-from forgetting.mechanisms.gradients import split_half_null, task_alignment
-from forgetting.mechanisms.heads import COMBINED_METRICS, head_activity, head_disruption, severe_heads
-from forgetting.mechanisms.probes import hidden_states, top_eigenvalue
+from forgetting.measures import Probe, measures, report_tables
 from forgetting.nulls import null_snapshots
 from forgetting.runs import Run, RunLayout, code_fingerprint, stored_or_compute
 from forgetting.train import with_weights
 
-TABLES = ("drift", "gradients", "gradient_null", "curvature", "heads", "head_severity")
 # The modules whose code determines the analysis tables (besides the run itself): a change in any
 # of them makes :func:`analysis_for` recompute instead of reusing stored tables.
-ANALYSIS_CODE = ("analysis/report.py", "mechanisms", "nulls.py")
+ANALYSIS_CODE = ("analysis/report.py", "measures.py", "mechanisms", "nulls.py")
 
 
 def _all_stages(run: Run) -> list[int]:
     """Every stage with an earlier task: 2..T."""
     return list(range(2, len(run.task_names) + 1))
-
-
-def _head_severity(heads: pd.DataFrame) -> pd.DataFrame:
-    """:func:`severe_heads` for each (stage, old task): observed rows (``null == ""``) against the null rows."""
-    parts = []
-    for (stage, new_task, old_task), group in heads.groupby(["stage", "new_task", "old_task"], sort=True):
-        observed = group[group["null"] == ""].drop(columns=["stage", "new_task", "old_task", "null"])
-        null = group[group["null"] != ""].drop(columns=["stage", "new_task", "old_task"])
-        combine = [m for m in COMBINED_METRICS if m in set(observed["metric"])]
-        parts.append(severe_heads(observed, null, combine=combine).assign(stage=stage, new_task=new_task, old_task=old_task))
-    return pd.concat(parts, ignore_index=True)
 
 
 def analyze_run(
@@ -91,7 +78,8 @@ def analyze_run(
     if bad:
         raise SpecError("--stages", f"{bad} not analysable; allowed: 2..{completed} (stages with an earlier task)")
     tasks = run.tasks
-    tables: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
+    registered = measures()
+    tables: dict[str, list[pd.DataFrame]] = {t: [] for t in report_tables()}
     null_folders = {
         s: null_snapshots(run, before=run.stage_label(s - 1), after=run.stage_label(s), kinds=("continue", "reseed"),
                           progress=progress)
@@ -102,47 +90,52 @@ def analyze_run(
     for stage, j in bar:
         new, old = tasks[stage - 1], tasks[j]
         bar.set_postfix(stage=stage, old=old.name, refresh=False)
-        examples = old.eval.select(slice(0, n_examples))
         keys = {"stage": stage, "new_task": new.name, "old_task": old.name}
-        model = run.model_at(stage - 1)
-        hidden_before, mask = hidden_states(model, examples, batch_size)
-        heads_before = head_activity(model, examples, batch_size=batch_size, ablation=None)
-        curvature = [{**keys, "snapshot": "before", **top_eigenvalue(model, examples, hessian_iters)}]
-        tables["gradients"].append(task_alignment(
-            model, examples, new.train, batch_size=batch_size, max_examples=n_examples).assign(**keys))
-        tables["gradient_null"].append(split_half_null(model, examples, batch_size=batch_size).assign(**keys))
-        model = run.model_at(stage)
-        hidden_after, _ = hidden_states(model, examples, batch_size)
-        tables["drift"].append(cka_by_layer(hidden_before, hidden_after, mask, readout="mean").assign(**keys, null=""))
-        tables["heads"].append(head_disruption(heads_before, head_activity(model, examples, batch_size=batch_size,
-                                                                           ablation=None)).assign(**keys, null=""))
-        curvature.append({**keys, "snapshot": "after", **top_eigenvalue(model, examples, hessian_iters)})
-        tables["curvature"].append(pd.DataFrame(curvature))
+
+        def probe(ref) -> Probe:
+            return Probe(run.model_at(ref), old.eval.select(slice(0, n_examples)), new.train,
+                         new.train.select(slice(0, n_examples)), batch_size, hessian_iters, n_examples)
+
+        at_before = probe(stage - 1)
+        before = {m.name: m.record(at_before) for m in registered if m.record}
+        for m in registered:
+            if m.at_start:
+                _extend(tables, m.at_start(at_before, keys))
+        at_after = probe(stage)
+        for m in registered:
+            if m.report:
+                _extend(tables, m.report(before[m.name], m.record(at_after), keys), **({"null": ""} if m.nulls else {}))
         for null_label, folder in null_folders.get(stage, {}).items():
-            model = run.model_at(folder)
-            hidden_null, _ = hidden_states(model, examples, batch_size)
-            kind = null_label.split("-seed")[0]
-            tables["drift"].append(cka_by_layer(hidden_before, hidden_null, mask, readout="mean").assign(**keys, null=kind))
-            heads_null = head_activity(model, examples, batch_size=batch_size, ablation=None)
-            tables["heads"].append(head_disruption(heads_before, heads_null).assign(**keys, null=kind))
-    tables["head_severity"] = [_head_severity(pd.concat(tables["heads"], ignore_index=True))] if nulls else [pd.DataFrame()]
+            at_null, kind = probe(folder), null_label.split("-seed")[0]
+            for m in registered:
+                if m.report and m.nulls:
+                    _extend(tables, m.report(before[m.name], m.record(at_null), keys), null=kind)
+    joined = {name: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame() for name, parts in tables.items()}
+    for m in registered:
+        if m.derive:
+            joined.update(m.derive(joined))
     out = run.layout.analysis
-    for name, parts in tables.items():
-        atomic_write_table(out / f"{name}.parquet", pd.concat(parts, ignore_index=True))
+    for name, table in joined.items():
+        atomic_write_table(out / f"{name}.parquet", table)
     atomic_write_json(_manifest(run.layout), {
         "run_spec_hash": run.manifest["spec_hash"], "stages": wanted, "n_examples": n_examples,
-        "hessian_iters": hessian_iters, "nulls": nulls, "tables": list(TABLES),
+        "hessian_iters": hessian_iters, "nulls": nulls, "tables": list(report_tables()),
         "analysis_code": code_fingerprint(ANALYSIS_CODE), **provenance(),
     })
     return out
 
 
+def _extend(tables: dict[str, list[pd.DataFrame]], new: dict[str, pd.DataFrame], **columns) -> None:
+    for name, df in new.items():
+        tables[name].append(df.assign(**columns) if columns else df)
+
+
 def _manifest(layout: RunLayout) -> Path:
-    return layout.analysis / "manifest.json"
+    return layout.analysis_manifest
 
 
 def _tables(layout: RunLayout) -> list[Path]:
-    return [layout.analysis / f"{name}.parquet" for name in TABLES]
+    return [layout.analysis / f"{name}.parquet" for name in report_tables()]
 
 
 def load_analysis(run_dir: str | Path) -> dict[str, pd.DataFrame]:
@@ -150,7 +143,7 @@ def load_analysis(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     layout = RunLayout(Path(run_dir))
     if not _manifest(layout).is_file():
         raise SpecError("DIR", f"{run_dir} has no analysis; run `forgetting analyze {run_dir}`")
-    return {name: pd.read_parquet(path) for name, path in zip(TABLES, _tables(layout))}
+    return {name: pd.read_parquet(path) for name, path in zip(report_tables(), _tables(layout))}
 
 
 def analysis_for(
@@ -173,7 +166,7 @@ def analysis_for(
     """
     key = {"stages": _all_stages(Run.open(run_dir)) if stages is None else list(stages),
            "n_examples": n_examples, "hessian_iters": hessian_iters, "nulls": nulls,
-           "analysis_code": code_fingerprint(ANALYSIS_CODE)}
+           "tables": list(report_tables()), "analysis_code": code_fingerprint(ANALYSIS_CODE)}
     return stored_or_compute(
         run_dir, key=key, manifest=_manifest, outputs=_tables, read=load_analysis, what="analysis",
         stored_only=stored_only, weights=lambda folder: with_weights(folder, progress=progress),

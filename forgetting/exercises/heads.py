@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from forgetting.exercises import ExerciseFeedback, reader_number
+from forgetting.mechanisms.heads import js_divergence
 
 
 def _reference_js(p: np.ndarray, q: np.ndarray, mask: np.ndarray) -> float:
-    from forgetting.mechanisms.heads import js_divergence
-
     return float(js_divergence(torch.tensor(p), torch.tensor(q), torch.tensor(mask)))
 
 

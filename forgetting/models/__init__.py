@@ -23,7 +23,7 @@ def load_model(
     weights and double backward are available; remote code runs only with ``trust_remote_code=True``.
     """
     if name_or_path in EMBEDDED_MODELS:
-        from forgetting.models.embedded import load_embedded
+        from forgetting.models.embedded import load_embedded  # deferred: EMBEDDED_MODELS is read without torch
 
         model, tokenizer = load_embedded(name_or_path)
         if dtype is not None:
@@ -31,6 +31,6 @@ def load_model(
         if device is not None:
             model = model.to(device)
         return model, tokenizer
-    from forgetting.models.hub import load_pretrained
+    from forgetting.models.hub import load_pretrained  # deferred: as above (transformers loads on use)
 
     return load_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype, device=device)

@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 from forgetting import paths
-from forgetting.tasks.world import make_world, pretraining_corpus, vocabulary_text
+from forgetting.files import atomic_dir, provenance
+from forgetting.models.hub import quiet_progress
+from forgetting.tasks.world import RELATIONS, make_world, pretraining_corpus, vocabulary_text
 
 SPECIAL_TOKENS = {"pad": "[PAD]", "bos": "[BOS]", "eos": "[EOS]", "unk": "[UNK]"}
 RECIPE_VERSION = 1
@@ -195,8 +197,6 @@ def fact_recall(model, tokenizer, world) -> float:
     For "{e} lives in {v} ." the model reads ``[bos] kamo lives in`` and must put the most probability
     on ``oslo``. A probe of pretraining knowledge in the format the model was trained on.
     """
-    from forgetting.tasks.world import RELATIONS
-
     model.eval()
     hits = total = 0
     for relation, spec in RELATIONS.items():
@@ -229,8 +229,6 @@ def pretrain(recipe: PretrainRecipe, out_dir: Path, *, progress: bool = True) ->
     the folder appears complete or not at all. Returns the ``recipe.json`` contents.
     """
     from tqdm.auto import tqdm
-
-    from forgetting.files import atomic_dir, provenance
 
     torch.manual_seed(recipe.seed)
     tokenizer = build_tokenizer(recipe.world_seed, recipe.n_entities)
@@ -313,8 +311,6 @@ def embedded_info(name: str = "tiny") -> dict:
 def load_embedded(name: str = "tiny"):
     """``(model, tokenizer)`` of embedded model ``name``, in eval mode with eager attention."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    from forgetting.models.hub import quiet_progress
 
     folder = embedded_dir(name)
     with quiet_progress(always=True):

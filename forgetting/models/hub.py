@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from forgetting.errors import SpecError
+from forgetting.paths import quiet
 
 # "name" or "org/name" as the hub spells repository ids (no leading dot, no "..", no third part).
 _HUB_ID = re.compile(r"^(?!\.)[A-Za-z0-9_.\-]{1,96}(/(?!\.)[A-Za-z0-9_.\-]{1,96})?$")
@@ -110,8 +111,6 @@ def quiet_progress(always: bool = False) -> Iterator[None]:
     """Silence transformers' loading progress bars when the package is quiet (``FORGETTING_QUIET``),
     or ``always`` (small local models load in milliseconds: a bar is only noise)."""
     from transformers.utils import logging as hf_logging
-
-    from forgetting.paths import quiet
 
     if not (always or quiet()) or not hf_logging.is_progress_bar_enabled():
         yield

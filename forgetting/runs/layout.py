@@ -93,6 +93,10 @@ class RunLayout:
         return self.root / ANALYSIS
 
     @property
+    def analysis_manifest(self) -> Path:
+        return self.analysis / PRODUCT_MANIFEST
+
+    @property
     def dynamics(self) -> Path:
         return self.root / DYNAMICS
 

@@ -18,6 +18,8 @@ from functools import cache
 # Relation name -> (statement templates, question template, value set).
 # "{e}" is the entity and "{v}" the value. Question templates are used only by fine-tuning tasks,
 # never in the pretraining corpus: answering them needs the fact AND a new format.
+#: The words of the task prompts (families.py formats them), so the tokenizer knows every one.
+TASK_FORMAT_WORDS = ("Q", ":", "?", "A", "copy", "reverse", "sort", "what", "is", "plus")
 RELATIONS: dict[str, dict] = {
     "city": {
         "statements": ["{e} lives in {v} .", "the home of {e} is {v} .", "{e} has a house in {v} ."],
@@ -144,8 +146,6 @@ def vocabulary_text(world: World) -> list[str]:
 
     The tokenizer is trained on the corpus plus these lines, so no task word maps to ``[UNK]``.
     """
-    from forgetting.tasks.families import TASK_FORMAT_WORDS
-
     lines = [" ".join(world.entities), " ".join(LETTERS), " ".join(DIGITS), " ".join(TASK_FORMAT_WORDS)]
     for spec in RELATIONS.values():
         lines.extend(spec["statements"] + [spec["question"], " ".join(spec["values"])])

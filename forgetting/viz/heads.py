@@ -15,6 +15,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from forgetting import paths
+from forgetting.stats import bootstrap_mean_ci
 from forgetting.viz.charts import PAIR_KEYS, _check_columns, _js, _per_metric_expr, _value_domains
 
 #: Measures in the heatmap's select (column of :func:`head_table` -> label).
@@ -121,6 +123,12 @@ def head_disruption_heatmap(table: pd.DataFrame, *, measures: Sequence[str] | No
 # ----------------------------------------------------------------------------------------------
 
 
+def report_heatmap(heads: pd.DataFrame, head_severity: pd.DataFrame | None = None, **kwargs) -> alt.LayerChart:
+    """:func:`head_disruption_heatmap` of the report's ``heads`` and ``head_severity`` tables
+    (the chart the ``heads`` measure names in :mod:`forgetting.measures`)."""
+    return head_disruption_heatmap(head_table(heads, head_severity), **kwargs)
+
+
 def bootstrap_over_heads(severe: pd.DataFrame, *, by: Sequence[str] = (), n_boot: int = 2000, ci: float = 0.95,
                          seed: int = 0) -> pd.DataFrame:
     """Severe fraction with a percentile bootstrap interval over *heads* (for a single seed).
@@ -132,7 +140,6 @@ def bootstrap_over_heads(severe: pd.DataFrame, *, by: Sequence[str] = (), n_boot
     nothing about seed-to-seed variation (use :func:`forgetting.mechanisms.heads.severe_fraction_ci`
     over seeds for that).
     """
-    from forgetting.stats import bootstrap_mean_ci
 
     _check_columns(severe, ["layer", "severe"], "severe")
     rows = []
@@ -183,7 +190,7 @@ def threshold_curves(heads: pd.DataFrame, metric: str = "js_divergence", *, n: i
     :func:`forgetting.mechanisms.heads.disruption_scores` (e.g. ``1 - output_similarity``). Returns
     ``pair``, ``source`` ("observed", "null: continue", "null: reseed"), ``threshold``, ``fraction``.
     """
-    from forgetting.mechanisms.heads import disruption_scores
+    from forgetting.mechanisms.heads import disruption_scores  # deferred: forgetting.viz imports without torch
 
     _check_columns(heads, [*PAIR_KEYS, "layer", "head", "metric", "value", "null"], "heads")
     scores = disruption_scores(heads, [metric])
@@ -308,7 +315,6 @@ def attention_pattern_chart(before, after, example: int, tokens: Sequence[str], 
 def live_kernel() -> bool:
     """True in an interactive kernel (Jupyter, Colab); False while the book or CI executes a chapter
     (``FORGETTING_QUIET`` set), where widgets would only be frozen state in the static page."""
-    from forgetting import paths
 
     try:
         from IPython import get_ipython

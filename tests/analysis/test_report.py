@@ -13,7 +13,7 @@ from tests.conftest import small_spec
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from forgetting.experiments import parse_spec
+    from forgetting.spec import parse_spec
     from forgetting.train.sequence import run_experiment
 
     spec = small_spec(sequence=["recall_city", "recall_job", "update_city"], eval={"every": 0})
@@ -87,7 +87,7 @@ def test_analysis_for_reuses_matching_tables_and_recomputes_otherwise(run_dir):
 @pytest.mark.parametrize("variant", [{"model": "tiny-moe"}, {"finetune": {"method": "lora", "lora": {"r": 4, "alpha": 8}}}],
                          ids=["moe", "lora"])
 def test_the_report_runs_unchanged_on_moe_and_lora_runs(variant, tmp_path):
-    from forgetting.experiments import parse_spec
+    from forgetting.spec import parse_spec
     from forgetting.train.sequence import run_experiment
 
     spec = parse_spec(small_spec(sequence=["recall_city", "recall_job"], eval={"every": 0}, **variant))
