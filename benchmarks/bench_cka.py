@@ -1,8 +1,9 @@
 """Benchmark: CKA over all layers of two snapshots, forgetting.mechanisms.drift vs torch-cka 0.21.
 
-Models. Two copies of a tiny Llama-style model (4 layers, hidden 128, 8 heads, 4 kv heads, vocab 300,
-eager attention); the second one perturbed (every weight + ``--noise`` x its std x N(0, 1), standing in
-for a fine-tuned snapshot). Inputs: random tokens, ``--batches`` batches of ``--batch-size`` x ``--seq``.
+Models. Two copies of a tiny Llama-style model (``tests._tiny_models.tiny_llama("bench")``: 4 layers,
+hidden 128, 8 heads, 4 kv heads, vocab 300, eager attention); the second one perturbed (every weight +
+``--noise`` x its std x N(0, 1), standing in for a fine-tuned snapshot). Inputs: random tokens,
+``--batches`` batches of ``--batch-size`` x ``--seq``.
 Layers: the 5 residual-stream states of ``output_hidden_states=True`` (embedding output, outputs of
 decoder layers 0-2, final-norm output) = what torch-cka's hooks on ``model.embed_tokens``,
 ``model.layers.0-2`` and ``model.norm`` see (checked at start).
@@ -42,6 +43,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -53,26 +55,18 @@ from torch import nn
 from _report import emit, run_context  # benchmarks/_report.py (the script folder is on sys.path)
 from forgetting.mechanisms.drift import MinibatchCKA, cka_by_layer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for the line below
+from tests._tiny_models import LLAMA_SIZES, tiny_llama  # noqa: E402  (the one tiny-model builder)
+
 LAYERS = ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.layers.2", "model.norm"]
 
 Features = list[list[torch.Tensor]]  # batch -> layer -> (n, p)
 
 
 def build_models(seed: int, noise: float):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=300,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    a = LlamaForCausalLM(cfg).eval()
+    """Model a: tests._tiny_models.tiny_llama("bench", seed); model b: a copy with every weight p moved
+    by noise * std(p) * N(0, 1) (generator seeded seed + 1)."""
+    a = tiny_llama("bench", seed)
     b = copy.deepcopy(a)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -256,7 +250,8 @@ def main() -> None:
 
     model_a, model_b = build_models(args.seed, args.noise)
     g = torch.Generator().manual_seed(args.seed + 2)
-    batches = [torch.randint(0, 300, (args.batch_size, args.seq), generator=g) for _ in range(args.batches)]
+    vocab = LLAMA_SIZES["bench"]["vocab_size"]
+    batches = [torch.randint(0, vocab, (args.batch_size, args.seq), generator=g) for _ in range(args.batches)]
 
     # hidden_states[l] is exactly what torch-cka's hook on LAYERS[l] sees
     seen: dict[str, torch.Tensor] = {}

@@ -1,7 +1,8 @@
 """Benchmark: Hessian top eigenvalue and trace, forgetting.mechanisms.landscape vs PyHessian 0.1.
 
-Model. A tiny Llama-style causal LM (transformers ``LlamaConfig``: 4 layers, hidden 128, intermediate
-256, 8 heads, 4 key/value heads, vocab 300, eager attention; 667,776 parameters), one fixed batch of
+Model. A tiny Llama-style causal LM (``tests._tiny_models.tiny_llama("bench")``, transformers
+``LlamaConfig``: 4 layers, hidden 128, intermediate 256, 8 heads, 4 key/value heads, vocab 300, eager
+attention; 667,776 parameters), one fixed batch of
 random tokens (16 x 32), next-token cross-entropy. Two points: ``init`` (random initialisation) and
 ``trained`` (after ``--train-steps`` Adam steps on that batch). Hessian over all parameters.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -46,24 +48,16 @@ from torch import nn
 from _report import emit, run_context  # benchmarks/_report.py (the script folder is on sys.path)
 from forgetting.mechanisms.landscape import HessianOperator, hutchinson, hutchpp, lanczos, select_parameters
 
-VOCAB = 300
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for the line below
+from tests._tiny_models import LLAMA_SIZES, tiny_llama  # noqa: E402  (the one tiny-model builder)
+
+VOCAB = LLAMA_SIZES["bench"]["vocab_size"]
 
 
 def build(seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    """The benchmark model (tests._tiny_models.tiny_llama, size "bench", initialised after
+    torch.manual_seed(seed)) and one fixed batch of random ids (16, 32)."""
+    model = tiny_llama("bench", seed)
     ids = torch.randint(0, VOCAB, (16, 32), generator=torch.Generator().manual_seed(seed + 1))
     return model, ids
 

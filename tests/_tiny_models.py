@@ -3,6 +3,10 @@ tiny word-level tokenizer; saved with ``save_pretrained`` so tests load them bac
 
 Every model: hidden 64, 4 query heads, 2 key/value heads where the architecture has grouped-query
 attention (GPT-2 and GPT-NeoX have none: 4), head dim 16, 2 layers.
+
+Also :func:`tiny_llama`, the one builder of bare Llama models of a named size (:data:`LLAMA_SIZES`)
+used by ``tests/mechanisms`` and by the benchmark scripts (``benchmarks/bench_*.py`` put the
+repository root on ``sys.path`` to import it; the ``forgetting`` package never imports ``tests``).
 """
 
 from __future__ import annotations
@@ -88,3 +92,31 @@ def sample_ids(batch: int = 2, length: int = 7, seed: int = 0) -> torch.Tensor:
     """Random input ids ``(batch, length)`` over the ordinary words."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(len(SPECIALS), len(SPECIALS) + len(WORDS), (batch, length), generator=g)
+
+
+#: Sizes of :func:`tiny_llama` (``LlamaConfig`` keyword arguments; no special token ids, so no embedding
+#: row is zeroed as a padding row). ``"test"``: 2 layers, hidden 16, head dim 4 (the landscape tests:
+#: dense Hessian blocks stay small); ``"bench"``: 4 layers, hidden 128, head dim 16, 667,776 parameters
+#: (the benchmarks, benchmarks/README.md).
+LLAMA_SIZES: dict[str, dict[str, int]] = {
+    "test": dict(
+        vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32,
+    ),
+    "bench": dict(
+        vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=4, max_position_embeddings=64,
+    ),
+}
+
+
+def tiny_llama(size: str = "test", seed: int = 0):
+    """``LlamaForCausalLM(LlamaConfig(**LLAMA_SIZES[size]))`` in eval mode with eager attention, float32,
+    initialised after ``torch.manual_seed(seed)`` (the global generator: callers that draw from it
+    afterwards, e.g. random ids, get the same numbers for the same seed)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if size not in LLAMA_SIZES:
+        raise ValueError(f"size: expected one of {sorted(LLAMA_SIZES)}, got {size!r}")
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**LLAMA_SIZES[size], attn_implementation="eager")).eval()

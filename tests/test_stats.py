@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from forgetting import stats
 from forgetting.stats import (
     CorrelationResult,
     bootstrap_mean_ci,
@@ -113,24 +114,6 @@ def test_cluster_bootstrap_is_wider_and_covers_where_the_pair_bootstrap_does_not
     assert width["tasks"] > 1.8 * width["pairs"]
     assert covered["pairs"] / trials < 0.75
     assert covered["tasks"] / trials > 0.8
-
-
-def test_cluster_bootstrap_weights_are_the_sweep_rerun_on_the_resampled_tasks():
-    # Re-running the sweep on drawn tasks, e.g. (0, 0, 1, 2): every ordered pair of draws (p, q), p != q,
-    # whose tasks differ yields the measured pair (task_p, task_q); (0, 1) then appears 2 x 1 times,
-    # pairs with task 3 vanish. The bootstrap weights must be exactly these counts.
-    from forgetting.stats import _bootstrap_weights
-
-    pairs = np.array([(i, j) for i in range(4) for j in range(4) if i != j])
-    weights = _bootstrap_weights(np.random.default_rng(0), len(pairs), 50, pairs)
-    draws = np.random.default_rng(0).integers(0, 4, size=(50, 4))  # the same task draws
-    for w, drawn in zip(weights, draws):
-        want = np.zeros(len(pairs))
-        for p in range(4):
-            for q in range(4):
-                if p != q and drawn[p] != drawn[q]:
-                    want[np.flatnonzero((pairs[:, 0] == drawn[p]) & (pairs[:, 1] == drawn[q]))] += 1
-        np.testing.assert_array_equal(w, want)
 
 
 def test_constant_resamples_are_dropped_and_counted():
@@ -370,3 +353,14 @@ def test_bootstrap_mean_deterministic_and_degenerate_cases():
         bootstrap_mean_ci([])
     with pytest.raises(ValueError, match="values: contains NaN"):
         bootstrap_mean_ci([0.1, np.nan])
+
+
+def test_stats_is_the_stable_path_of_its_parts():
+    """Every public name of the modules forgetting.stats is split into is importable from
+    forgetting.stats as the same object, and forgetting.stats.__all__ lists them."""
+    for part in (stats.correlations, stats.linear_models, stats.resampling):
+        for name in part.__all__:
+            assert name in stats.__all__, name
+            assert getattr(stats, name) is getattr(part, name), name
+    assert all(hasattr(stats, name) for name in stats.__all__)
+

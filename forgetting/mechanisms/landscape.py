@@ -9,24 +9,28 @@ H = d^2 L / d theta^2 (N x N) is never formed; it is applied to vectors by doubl
     g(theta) = dL/dtheta  (built once with create_graph=True)
     H v      = d(g . v)/dtheta                                   (one "matvec", ~3x a forward+backward)
 
-Extreme eigenvalues: Lanczos with full re-orthogonalisation (:func:`lanczos`). After m matvecs it has an
-m x m tridiagonal T = Q^T H Q whose eigenvalues (Ritz values) approximate *both* ends of the spectrum
-at once. This matters for forgetting (SCIENCE.md): away from a minimum the most negative eigenvalue can
+Extreme eigenvalues: Lanczos with full re-orthogonalisation (:func:`lanczos`; its steps are in
+:mod:`forgetting.mechanisms.lanczos`). After m matvecs it has an m x m tridiagonal T = Q^T H Q whose
+eigenvalues (Ritz values) approximate *both* ends of the spectrum at once. This matters for forgetting (SCIENCE.md): away from a minimum the most negative eigenvalue can
 exceed the largest in magnitude, and plain power iteration (PyHessian's ``eigenvalues``) then converges to
 the eigenvalue of largest *magnitude*, i.e. the negative one, and reports it as "the top eigenvalue".
 ``which="LA"`` here always returns the algebraically largest; ``which="both"`` returns both ends.
 
-Trace: Hutch++ (Meyer, Musco, Musco & Woodruff 2021) with Rademacher vectors. With m matvecs split into
-s = m // 3 sketch vectors S, s projection matvecs and m - 2s Hutchinson vectors G::
+Trace: Hutch++ (Meyer, Musco, Musco & Woodruff 2021) with Rademacher vectors (:func:`hutchpp`, in
+:mod:`forgetting.mechanisms.trace_estimators`). With m matvecs split into s = m // 3 sketch vectors S,
+s projection matvecs and m - 2s Hutchinson vectors G::
 
     Q = orth(H S);  tr(H) ~ tr(Q^T H Q) + tr(G'^T H G') / (m - 2s),   G' = (I - Q Q^T) G
 
 exact on the top of the spectrum captured by Q, Hutchinson (tr ~ mean_i g_i^T H g_i) on the rest; the
 error decays like 1/m instead of 1/sqrt(m) when the spectrum is dominated by a few large eigenvalues.
 
-Loss surfaces: :func:`interpolate_1d` on the segment between two snapshots, :func:`plane_2d` on the plane
-through three, :func:`filter_normalized_direction` for random directions (Li et al. 2018), and
-:func:`second_order_change` for the Taylor prediction g.d + d^T H d / 2 of a loss change along d.
+Loss surfaces (in :mod:`forgetting.mechanisms.loss_surfaces`): :func:`interpolate_1d` on the segment
+between two snapshots, :func:`plane_2d` on the plane through three, :func:`filter_normalized_direction`
+for random directions (Li et al. 2018); here, :func:`second_order_change`
+gives the Taylor prediction g.d + d^T H d / 2 of a loss change along d.
+
+Every name listed in ``__all__`` is importable from here, its stable path, whichever module defines it.
 
 ``loss_fn`` is a no-argument callable returning a scalar tensor; it must be deterministic (model in eval
 mode, no dropout, fixed batch): the gradient graph is built once and reused for every matvec.
@@ -34,17 +38,22 @@ mode, no dropout, fixed batch): the gradient graph is built once and reused for 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
+
+from forgetting.mechanisms.lanczos import LanczosResult, lanczos
+from forgetting.mechanisms.loss_surfaces import (
+    filter_normalized_direction,
+    interpolate_1d,
+    plane_2d,
+    plane_coordinates,
+)
+from forgetting.mechanisms.trace_estimators import hutchinson, hutchpp
 
 __all__ = [
     "PARAMETER_PRESETS",
@@ -64,11 +73,10 @@ __all__ = [
     "select_parameters",
 ]
 
-WHICH = ("LA", "SA", "both", "LM")
 TRACE_METHODS = ("hutch++", "hutchinson")
 
 LossFn = Callable[[], torch.Tensor]
-MatMat = Callable[[torch.Tensor], torch.Tensor]
+
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -77,6 +85,8 @@ MatMat = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _check_params(params) -> list[torch.Tensor]:
+    """``params`` (a sequence or dict of tensors) as a list; raises naming ``params[i]`` unless every
+    entry is a floating-point tensor that requires grad."""
     if isinstance(params, torch.Tensor):
         raise TypeError("params: expected a list of tensors, got a single tensor (wrap it in a list)")
     if isinstance(params, Mapping):
@@ -210,229 +220,9 @@ def hvp(loss_fn: LossFn, params: Sequence[torch.Tensor], vectors: Sequence[torch
     op = HessianOperator(loss_fn, params)
     return op.matvec(list(vectors))
 
-
 # ---------------------------------------------------------------------------------------------------
-# Lanczos
+# extreme eigenvalues (the solver: forgetting.mechanisms.lanczos)
 # ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LanczosResult:
-    """Outcome of :func:`lanczos`.
-
-    eigenvalues: (k',) wanted Ritz values, sorted descending. eigenvectors: (N, k') float64 Ritz
-    vectors (unit norm) or None. residuals: (k',) ``||H y - theta y|| = beta_m |s_m|`` for each (an
-    eigenvalue of H lies within that distance). ritz_values: all m Ritz values, descending.
-    """
-
-    eigenvalues: np.ndarray
-    eigenvectors: torch.Tensor | None
-    residuals: np.ndarray
-    ritz_values: np.ndarray
-    n_matvecs: int
-    n_iter: int
-    converged: bool
-    history: list[np.ndarray] = field(default_factory=list)
-
-
-def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
-    """Indices (into ascending ``theta``) of the wanted Ritz values."""
-    m = len(theta)
-    if which == "LA":
-        idx = np.arange(m - 1, max(m - k, 0) - 1, -1)
-    elif which == "SA":
-        idx = np.arange(0, min(k, m))
-    elif which == "both":
-        idx = np.unique(np.concatenate([np.arange(0, min(k, m)), np.arange(max(m - k, 0), m)]))
-    else:  # LM
-        idx = np.argsort(-np.abs(theta), kind="stable")[: min(k, m)]
-    return np.asarray(sorted(idx, key=lambda i: -theta[i]), dtype=np.int64)
-
-
-def lanczos(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
-    dim: int,
-    k: int = 1,
-    *,
-    which: str = "LA",
-    max_iter: int = 100,
-    tol: float = 1e-4,
-    seed: int = 0,
-    return_eigenvectors: bool = False,
-    device: torch.device | str | None = None,
-    v0: torch.Tensor | None = None,
-) -> LanczosResult:
-    """Lanczos with full re-orthogonalisation for a symmetric operator ``matvec`` on R^dim.
-
-    Iteration j: w = A q_j; alpha_j = q_j . w; w -= alpha_j q_j + beta_{j-1} q_{j-1}; then w is
-    re-orthogonalised against all previous q (classical Gram-Schmidt, float64; a second pass when the
-    first removed much of the norm, the criterion of Daniel et al. 1976), beta_j = ||w||,
-    q_{j+1} = w / beta_j. T_m = tridiag(beta, alpha, beta); its eigenpairs (theta_i, s_i) give Ritz
-    values theta_i and residual norms ``r_i = beta_m |s_i[m-1]|``.
-
-    Stopping rule (checked once at least k (2k for "both") Ritz values exist): every wanted Ritz value
-    theta_i satisfies one of::
-
-      (a) r_i <= tol * |theta_i|  (an eigenvalue of A lies within r_i of theta_i; ARPACK's test);
-      (b) r_i^2 / gap_i <= tol * |theta_i| and theta_i changed by < tol * |theta_i| in the last
-          iteration, with gap_i the distance to the nearest other Ritz value (the a-posteriori error
-          estimate |theta_i - lambda| <~ r_i^2 / gap; the gap is estimated from the Ritz values, hence
-          the extra change condition);
-      (c) theta_i changed by < tol * |theta_i| relative on each of the last two iterations.
-
-    With ``return_eigenvectors=True`` only (a) counts, so that every returned Ritz vector y has
-    ``||A y - theta y|| <= tol * |theta|`` (eigenvalue errors are ~ r^2, eigenvector errors ~ r).
-    Also stops when the Krylov space is exhausted (dim reached) or after ``max_iter``.
-
-    Memory: the basis Q is m x dim float64 (8 m N bytes). Multiple eigenvalues are found once (one start
-    vector spans one copy of each eigenspace).
-
-    Args:
-        matvec: (dim,) float64 -> (dim,) float64, symmetric.
-        dim: N.
-        k: number of eigenvalues wanted (per end for ``"both"``).
-        which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"both"`` k from each end,
-            ``"LM"`` largest magnitude.
-        max_iter: maximum number of matvecs (clamped to dim).
-        tol: relative tolerance.
-        seed: seed of the Gaussian start vector.
-        v0: start vector (dim,) instead of a random one (normalised here), e.g. an eigenvector found
-            at a nearby point. ``seed`` still draws any later restart vectors.
-        return_eigenvectors: also return Ritz vectors.
-    """
-    if which not in WHICH:
-        raise ValueError(f"which: expected one of {WHICH}, got {which!r}")
-    if not (isinstance(k, (int, np.integer)) and k >= 1):
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
-    if dim < 1:
-        raise ValueError(f"dim: expected >= 1, got {dim}")
-    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
-        raise ValueError(f"max_iter: expected an integer >= 1, got {max_iter!r}")
-    if not (tol > 0):
-        raise ValueError(f"tol: expected > 0, got {tol!r}")
-    n_want = 2 * k if which == "both" else k
-    if n_want > dim:
-        raise ValueError(f"k: asks for {n_want} eigenvalues but the operator has dimension {dim}")
-    m_max = int(min(max(max_iter, n_want), dim))
-    gen = torch.Generator().manual_seed(int(seed))
-
-    def rand_unit(Q: torch.Tensor | None) -> torch.Tensor:
-        v = torch.randn(dim, generator=gen, dtype=torch.float64).to(device)
-        if Q is not None:
-            for _ in range(2):
-                v = v - Q.T @ (Q @ v)
-        return v / torch.linalg.vector_norm(v)
-
-    Q = torch.empty(min(m_max, 32), dim, dtype=torch.float64, device=device)
-    if v0 is None:
-        q = rand_unit(None)
-    else:
-        q = v0.detach().to(device=device, dtype=torch.float64).reshape(-1)
-        norm = float(torch.linalg.vector_norm(q)) if q.shape == (dim,) else 0.0
-        if not (math.isfinite(norm) and norm > 0):
-            raise ValueError(f"v0: expected a finite, non-zero vector of shape ({dim},), got shape {tuple(v0.shape)}")
-        q = q / norm
-    alphas: list[float] = []
-    betas: list[float] = []
-    history: list[np.ndarray] = []
-    changes: list[np.ndarray | None] = []
-    converged = False
-    theta = S = None
-    idx = np.zeros(0, dtype=np.int64)
-    residuals = np.zeros(0)
-    n_mv = 0
-    for j in range(m_max):
-        if j >= Q.shape[0]:  # grow the basis storage geometrically
-            Q = torch.cat([Q, torch.empty(min(Q.shape[0], m_max - Q.shape[0]), dim, dtype=Q.dtype, device=Q.device)])
-        Q[j] = q
-        w = matvec(q)
-        n_mv += 1
-        if w.shape != (dim,):
-            raise FloatingPointError(f"matvec returned a mis-shaped vector at iteration {j}")
-        w = w.to(torch.float64, copy=True)  # our own copy: updated in place below
-        alpha = float(q @ w)
-        if not math.isfinite(alpha):
-            raise FloatingPointError(f"matvec returned a non-finite vector at iteration {j}")
-        alphas.append(alpha)
-        w.sub_(q, alpha=alpha)
-        if j > 0:
-            w.sub_(Q[j - 1], alpha=betas[-1])
-        # full re-orthogonalisation against all previous q by classical Gram-Schmidt; a second pass
-        # only when the first removed more than 1 - 1/sqrt(2) of the norm (Daniel, Gragg, Kaufman &
-        # Stewart 1976), which after the three-term step above is rare
-        Qj = Q[: j + 1]
-        before = float(torch.linalg.vector_norm(w))
-        for _ in range(2):
-            w.addmv_(Qj.T, Qj @ w, alpha=-1.0)
-            beta = float(torch.linalg.vector_norm(w))
-            if not math.isfinite(beta):
-                raise FloatingPointError(f"matvec returned a non-finite vector at iteration {j}")
-            if beta >= 0.7071 * before:
-                break
-            before = beta
-
-        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, S = np.linalg.eigh(T)
-        scale = float(np.max(np.abs(theta))) or 1.0
-        residuals_all = beta * np.abs(S[-1, :])
-        idx = _wanted(theta, k, which)
-        residuals = residuals_all[idx]
-        history.append(theta[idx].copy())
-        exhausted = j + 1 == dim or beta <= 1e-12 * scale
-        if len(history) >= 2 and len(history[-2]) == len(idx):
-            cur, old = history[-1], history[-2]
-            changes.append(np.abs(cur - old) <= tol * np.abs(cur))
-        else:
-            changes.append(None)
-        if len(idx) >= n_want:
-            # ARPACK's test, relative to the Ritz value itself: relative to the largest |theta| instead,
-            # a bulk Ritz value near 0 (the Rayleigh quotient of the start vector) passes after two
-            # iterations whenever a large eigenvalue of the other sign has appeared, and "LA" returns it
-            res_ok = residuals <= tol * np.maximum(np.abs(theta[idx]), 1e-8 * scale)
-            last, before = changes[-1], (changes[-2] if len(changes) >= 2 else None)
-            none = np.zeros(len(idx), dtype=bool)
-            if last is not None and before is not None and before.shape == last.shape:
-                steady = last & before
-            else:
-                steady = none
-            # a-posteriori error estimate r^2 / gap (gap to the nearest other Ritz value), trusted only
-            # together with a small last change
-            gaps = np.array(
-                [np.min(np.abs(np.delete(theta, i) - theta[i])) if len(theta) > 1 else np.inf for i in idx]
-            )
-            with np.errstate(divide="ignore", invalid="ignore"):
-                gap_ok = residuals**2 <= tol * np.abs(theta[idx]) * gaps
-            gap_ok = gap_ok & (last if last is not None else none)
-            # eigenvectors are only as accurate as the residual: then only (a) counts
-            converged = bool(np.all(res_ok)) if return_eigenvectors else bool(np.all(res_ok | steady | gap_ok))
-        if converged or j + 1 == m_max:
-            break
-        if exhausted:
-            if j + 1 == dim:
-                converged = True
-                break
-            # invariant subspace found: continue with a fresh direction orthogonal to it (beta = 0)
-            betas.append(0.0)
-            q = rand_unit(Q[: j + 1])
-            continue
-        betas.append(beta)
-        q = w / beta
-    if not converged and theta is not None and len(theta) == dim:
-        converged = True
-    vecs = None
-    if return_eigenvectors:
-        m = len(alphas)
-        vecs = Q[:m].T @ torch.from_numpy(S[:, idx]).to(Q.device)
-    return LanczosResult(
-        eigenvalues=theta[idx].astype(np.float64),
-        eigenvectors=vecs,
-        residuals=residuals,
-        ritz_values=theta[::-1].copy(),
-        n_matvecs=n_mv,
-        n_iter=len(alphas),
-        converged=bool(converged),
-        history=history,
-    )
 
 
 def hessian_eigenvalues(
@@ -481,72 +271,9 @@ def hessian_eigenvalues(
     vectors = [op.unflatten(res.eigenvectors[:, i]) for i in range(res.eigenvectors.shape[1])]
     return res.eigenvalues, vectors
 
-
 # ---------------------------------------------------------------------------------------------------
-# trace
+# trace (the estimators: forgetting.mechanisms.trace_estimators)
 # ---------------------------------------------------------------------------------------------------
-
-
-def _rademacher(dim: int, b: int, gen: torch.Generator, device=None) -> torch.Tensor:
-    return (torch.randint(0, 2, (dim, b), generator=gen, dtype=torch.int8) * 2 - 1).to(device, torch.float64)
-
-
-def _mean_and_stderr(samples: torch.Tensor) -> tuple[float, float]:
-    """Mean of per-vector values (m,) and its standard error std(ddof=1) / sqrt(m) (NaN for m < 2)."""
-    m = samples.numel()
-    mean = float(samples.sum() / m)
-    stderr = float(samples.std() / math.sqrt(m)) if m >= 2 else math.nan
-    return mean, stderr
-
-
-def hutchinson(
-    matmat: MatMat, dim: int, n_matvecs: int, *, seed: int = 0, device=None, return_stderr: bool = False
-) -> float | tuple[float, float]:
-    """Hutchinson's estimator tr(A) ~ (1/m) sum_i g_i^T A g_i, g_i Rademacher, m = ``n_matvecs``.
-
-    ``matmat``: (dim, b) float64 -> (dim, b) float64 (A applied to each column). Variance
-    2 (||A||_F^2 - sum_i A_ii^2) / m. With ``return_stderr=True`` returns ``(estimate, stderr)``,
-    stderr = std(g_i^T A g_i) / sqrt(m) from the same m values (no extra matvecs).
-    """
-    if not (isinstance(n_matvecs, (int, np.integer)) and n_matvecs >= 1):
-        raise ValueError(f"n_matvecs: expected an integer >= 1 for hutchinson, got {n_matvecs!r}")
-    gen = torch.Generator().manual_seed(int(seed))
-    G = _rademacher(dim, int(n_matvecs), gen, device)
-    estimate, stderr = _mean_and_stderr((G * matmat(G)).sum(0))
-    return (estimate, stderr) if return_stderr else estimate
-
-
-def hutchpp(
-    matmat: MatMat, dim: int, n_matvecs: int, *, seed: int = 0, device=None, return_stderr: bool = False
-) -> float | tuple[float, float]:
-    """Hutch++ (Meyer et al. 2021) with exactly ``n_matvecs`` products of A (Rademacher vectors).
-
-    s = m // 3 sketch vectors S and m - 2s Hutchinson vectors G (m = n_matvecs >= 3)::
-
-        Q = qr(A S).Q                          (s matvecs)
-        t_top  = tr(Q^T (A Q))                 (s matvecs)
-        G'     = G - Q (Q^T G)
-        t_rest = tr(G'^T (A G')) / (m - 2s)     (m - 2s matvecs)
-        tr(A) ~ t_top + t_rest
-
-    With ``return_stderr=True`` returns ``(estimate, stderr)``, stderr = std(g_i'^T A g_i') /
-    sqrt(m - 2s). Given the sketch, t_top is exact and t_rest is unbiased for the rest of the trace,
-    so the estimate is unbiased for every Q and this conditional standard error is the whole of
-    its spread.
-    """
-    if not (isinstance(n_matvecs, (int, np.integer)) and n_matvecs >= 3):
-        raise ValueError(f"n_matvecs: expected an integer >= 3 for hutch++, got {n_matvecs!r}")
-    m = int(n_matvecs)
-    s = m // 3
-    n_g = m - 2 * s
-    gen = torch.Generator().manual_seed(int(seed))
-    S = _rademacher(dim, s, gen, device)
-    G = _rademacher(dim, n_g, gen, device)
-    Q, _ = torch.linalg.qr(matmat(S))
-    t_top = float((Q * matmat(Q)).sum())
-    Gp = G - Q @ (Q.T @ G)
-    t_rest, stderr = _mean_and_stderr((Gp * matmat(Gp)).sum(0))
-    return (t_top + t_rest, stderr) if return_stderr else t_top + t_rest
 
 
 def hessian_trace(
@@ -653,282 +380,9 @@ def select_parameters(
         )
     return out
 
-
 # ---------------------------------------------------------------------------------------------------
-# loss surfaces
+# second-order change along a direction
 # ---------------------------------------------------------------------------------------------------
-
-
-def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    named = dict(model.named_parameters())
-    for k, v in model.named_buffers():
-        named.setdefault(k, v)
-    return named
-
-
-def _resolve(model: nn.Module, theta: Mapping[str, torch.Tensor], arg: str) -> dict[str, torch.Tensor]:
-    named = _named_tensors(model)
-    if not isinstance(theta, Mapping) or not theta:
-        raise ValueError(f"{arg}: expected a non-empty dict name -> tensor")
-    out = {}
-    for name, t in theta.items():
-        if name not in named:
-            raise ValueError(f"{arg}: {name!r} is not a parameter or buffer of the model")
-        if tuple(t.shape) != tuple(named[name].shape):
-            raise ValueError(f"{arg}[{name!r}]: shape {tuple(t.shape)} != model's {tuple(named[name].shape)}")
-        out[name] = named[name]
-    return out
-
-
-@contextlib.contextmanager
-def _restoring(model: nn.Module, targets: Mapping[str, torch.Tensor], eval_mode: bool) -> Iterator[None]:
-    """Save the targeted tensors (and the train/eval mode); restore them on exit, even on exception."""
-    saved = {k: t.detach().clone() for k, t in targets.items()}
-    was_training = model.training
-    if eval_mode:
-        model.eval()
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for k, t in targets.items():
-                t.copy_(saved[k])
-        model.train(was_training)
-
-
-def _flat(theta: Mapping[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
-    return torch.cat([theta[n].detach().reshape(-1).to("cpu", torch.float64) for n in names])
-
-
-def _assign_flat(targets: Mapping[str, torch.Tensor], names: Sequence[str], flat: torch.Tensor) -> None:
-    with torch.no_grad():
-        offset = 0
-        for n in names:
-            t = targets[n]
-            k = t.numel()
-            t.copy_(flat[offset : offset + k].reshape(t.shape).to(t.device, t.dtype))
-            offset += k
-
-
-def _eval_losses(loss_fns: Mapping[str, Callable[[], object]]) -> dict[str, float]:
-    out = {}
-    with torch.no_grad():
-        for task, fn in loss_fns.items():
-            v = fn()
-            out[task] = float(v.detach() if isinstance(v, torch.Tensor) else v)
-    return out
-
-
-def _check_loss_fns(loss_fns) -> None:
-    if not isinstance(loss_fns, Mapping) or not loss_fns:
-        raise ValueError("loss_fns: expected a non-empty dict task name -> no-argument callable")
-    for k, f in loss_fns.items():
-        if not callable(f):
-            raise ValueError(f"loss_fns[{k!r}]: not callable")
-
-
-def interpolate_1d(
-    model: nn.Module,
-    theta_a: Mapping[str, torch.Tensor],
-    theta_b: Mapping[str, torch.Tensor],
-    loss_fns: Mapping[str, Callable[[], object]],
-    alphas: Iterable[float] = tuple(np.linspace(-0.25, 1.25, 13)),
-    *,
-    eval_mode: bool = True,
-) -> pd.DataFrame:
-    """Losses on the line theta(alpha) = (1 - alpha) theta_a + alpha theta_b.
-
-    Args:
-        model: the model whose tensors named in ``theta_a`` are overwritten during the sweep.
-        theta_a, theta_b: dicts name -> tensor (same keys: a subset of the model's parameters/buffers;
-            tensors not named keep their current values).
-        loss_fns: task name -> no-argument callable returning the loss of the model as it currently is
-            (called under ``torch.no_grad()``).
-        alphas: points on the line (0 = theta_a, 1 = theta_b; outside [0, 1] extrapolates).
-        eval_mode: put the model in eval mode while evaluating.
-
-    Returns:
-        DataFrame (alpha, task, loss), one row per (alpha, task). The model's tensors and train/eval
-        mode are restored afterwards, also when a loss function raises.
-    """
-    _check_loss_fns(loss_fns)
-    if set(theta_a) != set(theta_b):
-        raise ValueError(f"theta_a, theta_b: need the same names; differ in {sorted(set(theta_a) ^ set(theta_b))[:5]}")
-    targets = _resolve(model, theta_a, "theta_a")
-    _resolve(model, theta_b, "theta_b")
-    names = list(theta_a)
-    alphas = [float(a) for a in alphas]
-    if not alphas:
-        raise ValueError("alphas: empty")
-    rows = []
-    with _restoring(model, targets, eval_mode):
-        with torch.no_grad():
-            for a in alphas:
-                for n in names:
-                    ta = theta_a[n].to(targets[n].device, torch.float64)
-                    tb = theta_b[n].to(targets[n].device, torch.float64)
-                    targets[n].copy_(((1.0 - a) * ta + a * tb).to(targets[n].dtype))
-                for task, loss in _eval_losses(loss_fns).items():
-                    rows.append({"alpha": a, "task": task, "loss": loss})
-    return pd.DataFrame(rows, columns=["alpha", "task", "loss"])
-
-
-def plane_coordinates(
-    origin: Mapping[str, torch.Tensor], point_a: Mapping[str, torch.Tensor], point_b: Mapping[str, torch.Tensor]
-) -> dict:
-    """Orthonormal basis (u, v) of the plane through three snapshots, by Gram-Schmidt, and their coordinates.
-
-    u = (a - o) / ||a - o||, v = w / ||w|| with w = (b - o) - ((b - o).u) u. Coordinates:
-    origin (0, 0), a (||a - o||, 0), b ((b - o).u, ||w||).
-
-    Returns:
-        dict with ``names`` (tensor order), ``u``, ``v`` (flat float64 CPU tensors) and ``points``
-        {"origin": (0, 0), "a": (x, y), "b": (x, y)}.
-
-    Raises:
-        ValueError: when the names differ, a == origin, or b lies on the line through origin and a.
-    """
-    if not (set(origin) == set(point_a) == set(point_b)) or not origin:
-        raise ValueError("origin, point_a, point_b: need the same non-empty set of names")
-    names = list(origin)
-    o, a, b = _flat(origin, names), _flat(point_a, names), _flat(point_b, names)
-    da, db = a - o, b - o
-    na = float(torch.linalg.vector_norm(da))
-    if na == 0.0:
-        raise ValueError("point_a: coincides with origin; the plane is undefined")
-    u = da / na
-    bu = float(db @ u)
-    w = db - bu * u
-    nw = float(torch.linalg.vector_norm(w))
-    # relative 1e-6: float32 snapshots carry rounding noise ~1e-7 of their norm
-    if nw <= 1e-6 * max(float(torch.linalg.vector_norm(db)), 1e-300):
-        raise ValueError("point_b: lies on the line through origin and point_a; the plane is undefined")
-    return {"names": names, "u": u, "v": w / nw, "points": {"origin": (0.0, 0.0), "a": (na, 0.0), "b": (bu, nw)}}
-
-
-def plane_2d(
-    model: nn.Module,
-    origin: Mapping[str, torch.Tensor],
-    point_a: Mapping[str, torch.Tensor],
-    point_b: Mapping[str, torch.Tensor],
-    loss_fns: Mapping[str, Callable[[], object]],
-    grid: int | tuple[Sequence[float], Sequence[float]] = 11,
-    *,
-    margin: float = 0.25,
-    eval_mode: bool = True,
-) -> pd.DataFrame:
-    """Losses on the plane through three snapshots: theta(x, y) = origin + x u + y v.
-
-    (u, v) is the Gram-Schmidt basis of :func:`plane_coordinates`, so x and y are in parameter-space
-    units (Euclidean distance over the named tensors). The other arguments are as in :func:`interpolate_1d`.
-
-    Args:
-        grid: ``n`` for an n x n grid spanning the three points' coordinates plus ``margin`` times the
-            span on each side, or ``(xs, ys)`` two 1-D sequences of coordinates.
-
-    Returns:
-        DataFrame (x, y, task, loss), one row per grid point and task. ``df.attrs["points"]`` holds the
-        coordinates of ``origin``, ``a`` and ``b``. Model tensors and mode are restored afterwards.
-    """
-    _check_loss_fns(loss_fns)
-    plane = plane_coordinates(origin, point_a, point_b)
-    targets = _resolve(model, origin, "origin")
-    _resolve(model, point_a, "point_a")
-    _resolve(model, point_b, "point_b")
-    pts = plane["points"]
-    if isinstance(grid, (int, np.integer)):
-        if grid < 2:
-            raise ValueError(f"grid: expected an int >= 2 or (xs, ys), got {grid!r}")
-        px = [p[0] for p in pts.values()]
-        py = [p[1] for p in pts.values()]
-        sx, sy = max(px) - min(px), max(py) - min(py)
-        xs = np.linspace(min(px) - margin * sx, max(px) + margin * sx, int(grid))
-        ys = np.linspace(min(py) - margin * sy, max(py) + margin * sy, int(grid))
-    else:
-        try:
-            xs, ys = (np.asarray(g, dtype=np.float64).reshape(-1) for g in grid)
-        except (TypeError, ValueError) as exc:
-            raise ValueError("grid: expected an int >= 2 or a pair (xs, ys) of 1-D sequences") from exc
-        if xs.size == 0 or ys.size == 0:
-            raise ValueError("grid: xs and ys must be non-empty")
-    names, u, v = plane["names"], plane["u"], plane["v"]
-    o = _flat(origin, names)
-    rows = []
-    with _restoring(model, targets, eval_mode):
-        for x in xs:
-            for y in ys:
-                _assign_flat(targets, names, o + float(x) * u + float(y) * v)
-                for task, loss in _eval_losses(loss_fns).items():
-                    rows.append({"x": float(x), "y": float(y), "task": task, "loss": loss})
-    df = pd.DataFrame(rows, columns=["x", "y", "task", "loss"])
-    df.attrs["points"] = pts
-    return df
-
-
-def _conv1d_weight_names(model: nn.Module) -> set[str]:
-    """Names of weights stored (in_features, out_features), e.g. GPT-2's transformers Conv1D."""
-    out = set()
-    for mname, mod in model.named_modules():
-        if type(mod).__name__ == "Conv1D" and isinstance(getattr(mod, "weight", None), torch.Tensor):
-            out.add(f"{mname}.weight" if mname else "weight")
-    return out
-
-
-def filter_normalized_direction(
-    model_params: nn.Module | Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
-    seed: int = 0,
-    *,
-    one_d: Literal["zero", "norm"] = "zero",
-) -> dict[str, torch.Tensor]:
-    """A random direction normalised per filter (Li et al. 2018), for transformer weights by output row.
-
-    For each weight W with >= 2 dims, viewed as rows W_i = W[i].flatten() (a Linear weight (out, in):
-    one row per output unit, the "filter"; an embedding (vocab, d): one row per token), draw
-    D ~ N(0, 1) of the same shape and set D_i <- D_i ||W_i|| / ||D_i||. Weights of GPT-2-style
-    ``Conv1D`` modules (stored (in, out)) are normalised per column instead when a module is passed.
-    1-D tensors (norm gains, biases): ``one_d="zero"`` (default, as Li et al. do for biases and batch
-    norm) sets them to zero; ``one_d="norm"`` draws a Gaussian vector rescaled to ||w||.
-
-    Args:
-        model_params: a module (its parameters), a dict name -> tensor, or ``named_parameters()``.
-        seed: seed of the Gaussian draws (tensors are drawn in the given order on CPU, then moved).
-
-    Returns:
-        dict name -> direction tensor (same shape, dtype and device as each parameter).
-    """
-    if one_d not in ("zero", "norm"):
-        raise ValueError(f"one_d: expected 'zero' or 'norm', got {one_d!r}")
-    transposed: set[str] = set()
-    if isinstance(model_params, nn.Module):
-        transposed = _conv1d_weight_names(model_params)
-        items = list(model_params.named_parameters())
-    elif isinstance(model_params, Mapping):
-        items = list(model_params.items())
-    else:
-        items = list(model_params)
-    if not items:
-        raise ValueError("model_params: no tensors given")
-    gen = torch.Generator().manual_seed(int(seed))
-    out: dict[str, torch.Tensor] = {}
-    for name, p in items:
-        w = p.detach().to("cpu", torch.float64)
-        d = torch.randn(w.shape, generator=gen, dtype=torch.float64)
-        if w.ndim <= 1:
-            if one_d == "zero":
-                d = torch.zeros_like(w)
-            else:
-                dn = torch.linalg.vector_norm(d)
-                d = d * (torch.linalg.vector_norm(w) / dn) if dn > 0 else d
-        else:
-            t = name in transposed
-            W = (w.T if t else w).reshape(w.shape[1] if t else w.shape[0], -1)
-            D = (d.T if t else d).reshape(W.shape)
-            w_norm = torch.linalg.vector_norm(W, dim=1, keepdim=True)
-            D = D * (w_norm / torch.linalg.vector_norm(D, dim=1, keepdim=True))
-            d = D.reshape((w.T if t else w).shape)
-            d = d.T if t else d
-        out[name] = d.to(p.device, p.dtype).contiguous()
-    return out
 
 
 def second_order_change(
