@@ -29,11 +29,12 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from forgetting.evaluate import prepare_task  # noqa: E402
-from forgetting.experiments import parse_spec  # noqa: E402
+from forgetting.spec import parse_spec  # noqa: E402
 from forgetting.models import load_model  # noqa: E402
 from forgetting.tasks import make_task  # noqa: E402
 from forgetting.train.loop import OptimConfig, train_task  # noqa: E402
-from forgetting.train.sequence import load_for_spec, prepare_tasks, run_experiment, steps_per_task  # noqa: E402
+from forgetting.runs import model_for_spec, tasks_for_spec  # noqa: E402
+from forgetting.train.sequence import run_experiment, steps_per_task  # noqa: E402
 
 BATCH, LR, WARMUP = 16, 1e-3, 10
 
@@ -110,9 +111,9 @@ def time_run(spec) -> float:
 
 def time_bare(spec) -> float:
     start = time.perf_counter()
-    model, tok = load_for_spec(spec)
+    model, tok = model_for_spec(spec)
     accelerator = Accelerator(cpu=True)
-    for stage, task in enumerate(prepare_tasks(spec, tok), start=1):
+    for stage, task in enumerate(tasks_for_spec(spec, tok), start=1):
         train_task(model, task.train, steps=steps_per_task(spec, len(task.train)), batch_size=spec.batch_size,
                    optim=OptimConfig.from_spec(spec.optimizer), seed=stage, accelerator=accelerator)
     return time.perf_counter() - start

@@ -14,7 +14,7 @@ from tests.conftest import small_spec
 
 @pytest.fixture(scope="module")
 def step_run(tmp_path_factory):
-    from forgetting.experiments import parse_spec
+    from forgetting.spec import parse_spec
     from forgetting.train.sequence import run_experiment
 
     spec = small_spec(sequence=["recall_city", "recall_job"], snapshots={"every": 2}, eval={"every": 0})

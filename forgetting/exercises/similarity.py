@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from forgetting.exercises import ExerciseFeedback, reader_number
-from forgetting.similarity import bhattacharyya, cosine
+from forgetting.mechanisms.similarity import bhattacharyya, cosine
 
 
 def gradient_case() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -1,9 +1,9 @@
 """Charts for task similarity (chapter 06): similarity against forgetting over the ordered task pairs of a
 sweep, and the task x task similarity matrix.
 
-Input tables come from :mod:`forgetting.similarity`: a *pair table* (:func:`forgetting.similarity.pair_table`:
+Input tables come from :mod:`forgetting.sweep`: a *pair table* (:func:`forgetting.sweep.pair_table`:
 one row per ordered pair ``task_a -> task_b`` with the forgetting columns of the sweep and one column per
-similarity measure) and the long similarity table of :func:`forgetting.similarity.similarity_matrix`
+similarity measure) and the long similarity table of :func:`forgetting.mechanisms.similarity.similarity_matrix`
 (``task_a, task_b, measure, layer, value``).
 
 Every chart embeds its data (a few hundred rows) and uses Vega-Lite params bound to selects, so it works
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import altair as alt
 import pandas as pd
 
-from forgetting.similarity import FORGETTING_MEASURES, PAIR_SIMILARITIES
+from forgetting.sweep.statistics import FORGETTING_MEASURES, PAIR_SIMILARITIES
 from forgetting.viz.charts import _check_columns
 
 #: Labels of the similarity measures in the selects.
@@ -59,7 +59,7 @@ def scatter_table(table: pd.DataFrame, similarity: Sequence[str] | None = None,
     Columns: ``task_a, task_b, pair, similarity, s, forgetting, f``. Similarity columns absent from the table
     are skipped; rows with a missing value are dropped; several seeds are averaged.
     """
-    _check_columns(table, ("task_a", "task_b", *forgetting), "table", hint="pass forgetting.similarity.pair_table(...)")
+    _check_columns(table, ("task_a", "task_b", *forgetting), "table", hint="pass forgetting.sweep.pair_table(...)")
     similarity = [c for c in (similarity or PAIR_SIMILARITIES) if c in table.columns]
     if not similarity:
         raise ValueError(f"table: no similarity column; expected some of {', '.join(PAIR_SIMILARITIES)}")
@@ -155,8 +155,8 @@ def similarity_heatmap(
 ) -> alt.LayerChart:
     """Task x task heatmap of one similarity measure (select), with the values written in the cells.
 
-    ``similarities``: the long table of :func:`forgetting.similarity.similarity_matrix` (and/or
-    :func:`forgetting.similarity.sweep_alignment`); only aggregate rows (``layer`` <NA>) are drawn.
+    ``similarities``: the long table of :func:`forgetting.mechanisms.similarity.similarity_matrix` (and/or
+    :func:`forgetting.sweep.sweep_alignment`); only aggregate rows (``layer`` <NA>) are drawn.
     The colour scale runs from -1 to 1 (cosines can be negative; overlaps are in [0, 1]).
     """
     _check_columns(similarities, ("task_a", "task_b", "measure", "value"), "similarities",
