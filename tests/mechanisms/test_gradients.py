@@ -15,10 +15,11 @@ from torch import nn
 import forgetting
 from forgetting.evaluate import prepare_task
 from forgetting.mechanisms import gradients as gr
-from forgetting.models.geometry import attention_geometry
+from forgetting.models.geometry import attention_geometry, base_model
+from forgetting.models.lora import apply_lora, effective_update, lora_layers
+from forgetting.runs.snapshots import save_snapshot
 from forgetting.tasks.encoding import IGNORE_INDEX, EncodedExamples
 from forgetting.tasks.families import make_task
-from forgetting.train.snapshots import save_snapshot
 
 
 def _tasks(tokenizer, n: int = 16):
@@ -39,7 +40,7 @@ class _CallCounter:
     """Counts forward and backward passes through ``lm_head`` (every pass of the model goes through it)."""
 
     def __init__(self, model):
-        head = gr.base_model(model).lm_head
+        head = base_model(model).lm_head
         self.forward = self.backward = 0
         self._handles = [
             head.register_forward_hook(lambda *_: self._add("forward")),
@@ -305,8 +306,6 @@ def test_mixture_of_experts_fused_tensors_are_matrices_and_experts():
 
 
 def test_lora_alignment_on_adapters_and_effective_update():
-    from forgetting.models.lora import apply_lora, effective_update, lora_layers
-
     base, tokenizer = forgetting.load_model("tiny")
     torch.manual_seed(0)
     model = apply_lora(base, r=4, alpha=8)
@@ -346,8 +345,6 @@ def test_lora_alignment_on_adapters_and_effective_update():
 
 
 def test_lora_observed_vs_predicted_has_both_estimates(tmp_path):
-    from forgetting.models.lora import apply_lora
-
     base, tokenizer = forgetting.load_model("tiny")
     torch.manual_seed(0)
     model = apply_lora(base, r=4, alpha=8)
@@ -367,19 +364,23 @@ def test_lora_observed_vs_predicted_has_both_estimates(tmp_path):
         assert abs(predicted - row.observed) < 0.05 * abs(row.observed), row.to_dict()
 
 
-# --- along training of a new task ------------------------------------------------------------------------
+# --- along training of a new task (a run: forgetting.runs, forgetting.analysis.gradients) ------------------
 
 
 def test_stage_alignment_along_training_every_k_steps(tmp_path):
-    from forgetting.experiments import parse_spec
+    # run-level code; imported here so that the pure measures above are collected and run even when the
+    # run-level modules fail to import
+    from forgetting.analysis.gradients import stage_alignment
+    from forgetting.runs import Run
+    from forgetting.spec import parse_spec
     from forgetting.train.sequence import run_experiment
     from tests.conftest import small_spec
 
     spec = small_spec(snapshots={"every": 3}, eval={"every": 6, "batch_size": 64, "heldout_corpus": False})
     out = run_experiment(parse_spec(spec), tmp_path / "run", progress=False)
-    folders = gr.stage_snapshots(out, 2)
+    folders = Run.open(out).stage_snapshots(2)
     assert [f.name for f in folders] == ["stage01-recall_city", "stage02-update_city-step000009", "stage02-update_city"]
-    df = gr.stage_alignment(out, 2, batch_size=8, max_examples=8, heads=True, progress=False)
+    df = stage_alignment(out, 2, batch_size=8, max_examples=8, heads=True, progress=False)
     assert sorted(df.step.unique()) == [6, 9, 12]
     assert set(df.old_task) == {"recall_city"} and set(df.new_task) == {"update_city"}
     rates = gr.step_conflict_rate(df, unit="head")

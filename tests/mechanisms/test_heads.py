@@ -14,10 +14,10 @@ from forgetting.evaluate import prepare_task
 from forgetting.mechanisms import heads
 from forgetting.models import load_model
 from forgetting.models.geometry import attention_geometry
+from forgetting.models.lora import apply_lora
 from forgetting.tasks import make_task
 from forgetting.tasks.encoding import EncodedExamples
-
-
+from forgetting.train.loop import target_loss_sum
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +142,6 @@ def test_hook_ablation_equals_zeroing_the_o_proj_columns(tiny):
 
 def test_batched_ablation_losses_equal_one_head_at_a_time(tiny, tiny_record):
     model, _, examples = tiny
-    from forgetting.train.loop import target_loss_sum
-
     n_tokens = int((examples.labels[:, 1:] != -100).sum())
     for layer, head in [(0, 3), (3, 7)]:
         with torch.no_grad(), heads.ablate_heads(model, [(layer, head)], mode="mean", means=tiny_record.head_means):
@@ -275,8 +273,6 @@ def test_correlation_with_forgetting_reads_the_timeline():
 
 
 def test_moe_and_lora_models_record_and_compare():
-    from forgetting.models.lora import apply_lora
-
     moe, tok = load_model("tiny-moe")
     examples = prepare_task(make_task("recall_city", n_train=8, n_eval=6, seed=0), tok).eval
     rec = heads.head_activity(moe, examples, batch_size=16, ablation="zero")
@@ -301,32 +297,36 @@ def test_moe_and_lora_models_record_and_compare():
     assert df.loc["js_divergence"].loc[0]["value"].abs().max() == 0.0  # layer 0 comes before the change
 
 
-# --- nulls from a run --------------------------------------------------------------------------------
+# --- nulls and the analysis of a run (forgetting.nulls, forgetting.analysis.heads) ----------------------
 
 
 def test_null_snapshots_and_analysis_of_a_run(tmp_path):
+    # run-level code that reads snapshots of a run; imported here so that the pure measures above are
+    # collected and run even when the run-level modules fail to import
+    from forgetting.analysis.heads import analyze_head_disruption
     from forgetting.errors import SpecError
-    from forgetting.experiments import parse_spec
+    from forgetting.nulls import null_snapshots
+    from forgetting.runs.snapshots import snapshot_meta
+    from forgetting.spec import parse_spec
     from forgetting.train.sequence import run_experiment
-    from forgetting.train.snapshots import snapshot_meta
     from tests.conftest import small_spec
 
     spec = parse_spec(small_spec(data={"n_train": 16, "n_eval": 8}, eval={"every": 0, "heldout_corpus": False}))
     out = run_experiment(spec, tmp_path / "run", progress=False)
     before, after = "stage01-recall_city", "stage02-update_city"
     with pytest.raises(SpecError, match="seeds"):
-        heads.null_snapshots(out, before=before, after=after, seeds=(spec.seed,))
-    folders = heads.null_snapshots(out, before=before, after=after, seeds=(7,), every=3, progress=False)
+        null_snapshots(out, before=before, after=after, seeds=(spec.seed,))
+    folders = null_snapshots(out, before=before, after=after, seeds=(7,), every=3, progress=False)
     assert sorted(folders) == ["continue-seed7", "continue-seed7-step000003", "reseed-seed7"]
     metas = {label: snapshot_meta(folder) for label, folder in folders.items()}
     assert metas["continue-seed7"]["start"] == before and metas["continue-seed7"]["steps"] == 6
     assert metas["reseed-seed7"]["start"] == "stage00-base" and metas["reseed-seed7"]["task"] == "recall_city"
     stamp = (folders["reseed-seed7"] / "weights.safetensors").stat().st_mtime_ns
-    heads.null_snapshots(out, before=before, after=after, seeds=(7,), progress=False)  # reused, not retrained
+    null_snapshots(out, before=before, after=after, seeds=(7,), progress=False)  # reused, not retrained
     assert (folders["reseed-seed7"] / "weights.safetensors").stat().st_mtime_ns == stamp
 
-    result = heads.analyze_head_disruption(out, before=before, after=after, null_seeds=(7,), ablation=None,
-                                           progress=False)
+    result = analyze_head_disruption(out, before=before, after=after, null_seeds=(7,), ablation=None,
+                                     progress=False)
     assert result.old_task == "recall_city"
     assert set(result.null_disruption["null"]) == {"continue", "reseed"}
     combined = result.severe.query("metric == 'combined'")
