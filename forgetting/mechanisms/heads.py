@@ -135,10 +135,16 @@ def disruption_scores(disruption: pd.DataFrame, metrics: Sequence[str] | None = 
     return df.drop(columns=["value"])
 
 
+#: Relative size of float64 round-off in a disruption score (64 ulp at 1).
+ROUND_OFF = 64 * np.finfo(np.float64).eps
+
+
 def _standardize(real: pd.DataFrame, null: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Add ``z = (score - mean_null) / sd_null`` per group ``keys`` (sd over null values, ddof=1).
 
-    Where the null does not vary (sd = 0) z is 0 at the null's value and +/-inf away from it.
+    Where the null does not vary (sd = 0) z is 0 at the null's value and +/-inf away from it. Spreads and
+    differences within float64 round-off of the scores (``ROUND_OFF * max(1, |mean_null|)``) count as 0:
+    a model compared with itself gives ``1 - 1e-16`` for a cosine, which is no disruption.
     """
     stats = null.groupby(keys)["score"].agg(["mean", "std"]).reset_index()
 
@@ -147,8 +153,10 @@ def _standardize(real: pd.DataFrame, null: pd.DataFrame, keys: list[str]) -> tup
         if df["mean"].isna().any():
             missing = df.loc[df["mean"].isna(), keys].drop_duplicates().head(3).to_dict("records")
             raise ValueError(f"null_disruption: no null values for {missing}")
-        diff = df["score"] - df["mean"]
+        tol = ROUND_OFF * np.maximum(1.0, np.abs(df["mean"].to_numpy()))
+        diff = df["score"].where(np.abs(df["score"] - df["mean"]) > tol, df["mean"]) - df["mean"]
         sd = df["std"].fillna(0.0).to_numpy()
+        sd = np.where(sd > tol, sd, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             zz = np.where(sd > 0, diff / np.where(sd > 0, sd, 1.0), np.sign(diff) * np.where(diff != 0, np.inf, 0.0))
         return df.assign(z=np.where(diff.to_numpy() == 0, 0.0, zz)).drop(columns=["mean", "std"])
