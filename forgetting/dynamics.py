@@ -143,7 +143,7 @@ def _read(folder: Path) -> pd.DataFrame:
 def dynamics_for(run_dir: str | Path, *, progress: bool = True, stored_only: bool = False, **kwargs) -> pd.DataFrame:
     """:func:`training_dynamics` of ``run_dir``, stored beside the run and read back when the arguments
     and the measuring code are unchanged (a stale published run is re-run into the cache first:
-    :func:`forgetting.runs.stored_or_compute`); ``stored_only=True`` raises :class:`LookupError` instead."""
+    :func:`forgetting.runs.cache.stored_or_compute`); ``stored_only=True`` raises :class:`LookupError` instead."""
     key = {"arguments": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(kwargs.items())},
            "measures": [m.name for m in measures() if m.trace], "code": code_fingerprint(DYNAMICS_CODE)}
 

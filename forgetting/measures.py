@@ -16,7 +16,7 @@ A measure says what it keeps of one snapshot and how it turns that into tables a
   point along the stage, from the records at the stage start and now; ``values`` maps measure names of
   :data:`forgetting.dynamics.MEASURES` to numbers, ``layer_values`` is a list of ``(measure, layer, value)``;
 - ``chart``: ``"module:function"`` in :mod:`forgetting.viz` that draws the measure's report tables,
-  called with them in the order of ``tables`` (:func:`forgetting.viz.charts.measure_chart`); ``claim``: the :mod:`forgetting.ledger` row function that
+  called with them in the order of ``tables`` (:func:`forgetting.viz.measures.measure_chart`); ``claim``: the :mod:`forgetting.ledger` row function that
   judges the paper's claim from ``claim_table``.
 
 The four built-in measures are registered at the bottom of this module, in the order the ledger lists

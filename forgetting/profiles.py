@@ -6,7 +6,7 @@
 - ``gpu``: a real hub model with LoRA, for Colab with a GPU (never run here: no hub access).
 
 Chapters call :func:`experiment_spec` and :func:`run_cached` (or :func:`run_profile`), and read the
-runs with :class:`forgetting.runs.Run`; no chapter hard-codes a size.
+runs with :class:`forgetting.runs.run.Run`; no chapter hard-codes a size.
 """
 
 from __future__ import annotations

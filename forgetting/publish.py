@@ -3,9 +3,9 @@
 ``make results`` (``forgetting results --profile full``) runs every seed of the profile in the user
 cache, computes the mechanism report and the dynamics there, and copies the *tables* (manifest, state,
 evaluations, analysis, dynamics; a few hundred kB per run) into ``data/results/<run name>/``, where
-:func:`forgetting.runs.result_dir` finds them by spec hash and code fingerprint. Weights (tens of
+:func:`forgetting.runs.cache.result_dir` finds them by spec hash and code fingerprint. Weights (tens of
 MB per run) stay in the cache: when a published run's tables must be recomputed (the mechanism code
-changed), :func:`forgetting.train.with_weights` re-runs its spec into the cache first, so a reader never
+changed), :func:`forgetting.train.sequence.with_weights` re-runs its spec into the cache first, so a reader never
 needs the weights of a published run and never gets a stale table.
 """
 

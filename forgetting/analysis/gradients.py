@@ -1,6 +1,6 @@
 """Gradient alignment along the training of one stage of a run, at each of its snapshots.
 
-Reads the run (:class:`forgetting.runs.Run`); the measure is
+Reads the run (:class:`forgetting.runs.run.Run`); the measure is
 :func:`forgetting.mechanisms.gradients.snapshot_alignment`.
 """
 
@@ -27,7 +27,7 @@ def stage_alignment(
 ) -> pd.DataFrame:
     """:func:`~forgetting.mechanisms.gradients.snapshot_alignment` for a finished run: the task of
     ``old_stage`` (default ``stage - 1``) against the task of ``stage``, at the end of stage ``stage - 1``
-    and every snapshot of ``stage`` (:meth:`forgetting.runs.Run.stage_snapshots`), on the ``split``
+    and every snapshot of ``stage`` (:meth:`forgetting.runs.run.Run.stage_snapshots`), on the ``split``
     (``"train"`` or ``"eval"``) examples. Adds ``old_task`` and ``new_task`` columns."""
     if split not in ("train", "eval"):
         raise ValueError(f"split: {split!r} is not one of train, eval")

@@ -1,7 +1,7 @@
 """Attention-head disruption in a run: one pair of snapshots judged against its nulls, and the
 disruption at every snapshot along the training of the new task.
 
-These read a run (:class:`forgetting.runs.Run`) and make null snapshots (:mod:`forgetting.nulls`); the
+These read a run (:class:`forgetting.runs.run.Run`) and make null snapshots (:mod:`forgetting.nulls`); the
 measures themselves are the pure functions of :mod:`forgetting.mechanisms.heads`.
 """
 
@@ -73,7 +73,7 @@ def analyze_head_disruption(
     Makes the null snapshots if needed (:func:`forgetting.nulls.null_snapshots`), records every snapshot
     with :func:`~forgetting.mechanisms.heads.head_activity`, and returns the disruption, the null
     disruption, :func:`~forgetting.mechanisms.heads.severe_heads` and its per-layer fractions. Snapshot
-    labels as in :meth:`forgetting.runs.Run.snapshots` (e.g. ``"stage01-recall_city"``).
+    labels as in :meth:`forgetting.runs.run.Run.snapshots` (e.g. ``"stage01-recall_city"``).
     """
     run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
     old_task = run.snapshot_info(before).task

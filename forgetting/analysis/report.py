@@ -161,7 +161,7 @@ def analysis_for(
     ``stored_only=True`` raises :class:`LookupError` instead of computing.
 
     A published run (tables only, :mod:`forgetting.publish`) whose tables are stale is re-run into
-    the cache and analysed there (:func:`forgetting.runs.stored_or_compute`). This is what chapters
+    the cache and analysed there (:func:`forgetting.runs.cache.stored_or_compute`). This is what chapters
     call: the first chapter that needs the report pays for it, later ones read it.
     """
     key = {"stages": _all_stages(Run.open(run_dir)) if stages is None else list(stages),

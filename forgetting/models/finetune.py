@@ -9,7 +9,7 @@ A method is a function ``prepare(model, options, seed) -> model`` registered und
 A new method is one function and one :func:`register_method` call; the spec accepts its name from then
 on (``finetune.method`` is validated against :func:`method_names`, not a closed list), and
 :func:`prepare_model` is the only dispatch. What a method *does during training* (a penalty, a
-gradient projection, a replay buffer) is a training hook instead (:mod:`forgetting.train.hooks`).
+gradient projection, a replay buffer) is a training hook instead (:mod:`forgetting.hooks`).
 """
 
 from __future__ import annotations

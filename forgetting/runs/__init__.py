@@ -1,7 +1,9 @@
-"""Run folders: the :class:`Run` object that reads one, its layout, its cache and code fingerprints.
+"""Run folders: the :class:`~forgetting.runs.run.Run` object that reads one, its layout, its cache and
+code fingerprints.
 
 This package is the only code that knows where things are inside a run folder
-(:mod:`forgetting.runs.layout`); everything else opens a run with :meth:`Run.open`.
+(:mod:`forgetting.runs.layout`); everything else opens a run with
+:meth:`~forgetting.runs.run.Run.open`.
 """
 
 from forgetting.runs.cache import cache_twin, has_weights, result_dir, run_name, stored_or_compute

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from forgetting import paths
 from forgetting.files import read_json
 from forgetting.runs.fingerprint import code_fingerprint
 from forgetting.runs.layout import RunLayout
 from forgetting.spec import ExperimentSpec
-
-T = TypeVar("T")
-
 
 def run_name(spec: ExperimentSpec) -> str:
     """``<spec name>-<spec hash>-<code fingerprint>``: the folder name of a cached run."""
@@ -64,11 +61,11 @@ def stored_or_compute(
     manifest: Callable[[RunLayout], Path],
     outputs: Callable[[RunLayout], list[Path]],
     compute: Callable[[Path], None],
-    read: Callable[[Path], T],
+    read: Callable[[Path], Any],
     weights: Callable[[Path], Path],
     stored_only: bool = False,
     what: str = "result",
-) -> T:
+) -> Any:
     """A product of ``run_dir``: read back if stored with ``key``, else computed and stored.
 
     ``manifest(layout)`` is the product's manifest file and ``outputs(layout)`` the files it must have;

@@ -13,7 +13,7 @@ import hashlib
 
 from forgetting import paths
 
-#: The modules whose code determines a run's numbers: a change in any of them gives new run folders.
+#: The modules whose code determines a run's numbers (a change in any of them gives new run folders).
 RUN_CODE = ("train", "hooks.py", "mitigations", "tasks", "evaluate.py", "spec.py", "runs/run.py", "runs/snapshots.py", "models/embedded.py",
             "models/finetune.py")
 

@@ -11,6 +11,7 @@ A run folder ``DIR`` (written by ``forgetting run SPEC --out DIR``)::
     DIR/nulls/<label>/         null snapshots (forgetting.nulls), same format
     DIR/analysis/              the mechanism report: one parquet per table + manifest.json
     DIR/dynamics.parquet       the mechanisms along a stage, + dynamics.json (arguments, code fingerprint)
+    DIR/similarity_alignment_n<n>.parquet   a sweep pair's gradient alignment at theta_A (n examples)
 
 Snapshot labels are ``stage{i:02d}-{task}`` at the end of stage ``i`` (``stage00-base`` before any
 training) and ``stage{i:02d}-{task}-step{s:06d}`` inside a stage (``s`` = global optimizer step).
@@ -33,8 +34,9 @@ ANALYSIS = "analysis"
 PRODUCT_MANIFEST = "manifest.json"  # inside a product folder such as analysis/
 DYNAMICS = "dynamics.parquet"
 DYNAMICS_MANIFEST = "dynamics.json"
+SWEEP_ALIGNMENT = "similarity_alignment_n{n}.parquet"  # per number of examples
 
-#: What a published copy of a run holds (whatever of it the run has): tables, never weights.
+#: The files a published copy of a run holds, where the run has them (tables, never weights).
 TABLE_FILES = (MANIFEST, STATE, EVALS, TRAIN_LOG, REFERENCE, DYNAMICS, DYNAMICS_MANIFEST)
 TABLE_DIRS = (ANALYSIS,)
 WEIGHT_DIRS = (SNAPSHOTS, NULLS)
@@ -103,6 +105,10 @@ class RunLayout:
     @property
     def dynamics_manifest(self) -> Path:
         return self.root / DYNAMICS_MANIFEST
+
+    def sweep_alignment(self, n_examples: int) -> Path:
+        """The cached :func:`forgetting.sweep.pairs.sweep_alignment` rows of a sweep pair's run."""
+        return self.root / SWEEP_ALIGNMENT.format(n=n_examples)
 
     def has_weights(self) -> bool:
         """Whether the folder holds its snapshots (a run, not a published copy of its tables)."""

@@ -33,7 +33,7 @@ from forgetting.runs.snapshots import is_snapshot, load_snapshot_state, restore_
 from forgetting.spec import ExperimentSpec, parse_spec, stage_seed
 from forgetting.tasks.families import make_task
 
-#: A snapshot: the number of the stage whose end it marks, or its label.
+#: A snapshot, named by the number of the stage whose end it marks or by its label.
 SnapshotRef = int | str
 
 
@@ -104,7 +104,7 @@ class Run:
 
     @property
     def state(self) -> dict:
-        """Completed stages and snapshot labels (re-read: a run being written moves on)."""
+        """Completed stages and snapshot labels, re-read on every call (a run being written moves on)."""
         return read_json(self.layout.state) if self.layout.state.is_file() else {}
 
     @property
@@ -121,12 +121,12 @@ class Run:
 
     @functools.cached_property
     def evals(self) -> pd.DataFrame:
-        """Every evaluation: one row per (stage, step, task), see :data:`forgetting.evaluate.EVAL_COLUMNS`."""
+        """Every evaluation, one row per (stage, step, task, metric) (columns ``forgetting.evaluate.EVAL_COLUMNS``)."""
         return pd.read_parquet(self.layout.evals)
 
     @functools.cached_property
     def train_log(self) -> pd.DataFrame:
-        """One row per optimizer step: ``stage, task, step, loss, lr`` (empty before any training)."""
+        """One row per optimizer step with ``stage, task, step, loss, lr`` (empty before any training)."""
         return pd.read_parquet(self.layout.train_log) if self.layout.train_log.is_file() else pd.DataFrame()
 
     @functools.cached_property

@@ -44,7 +44,7 @@ from forgetting.files import atomic_write_table
 from forgetting.mechanisms.gradients import task_gradients
 from forgetting.mechanisms.similarity import _check_task_names, _frame, cosine
 from forgetting.profiles import experiment_spec, run_cached, sweep_settings
-from forgetting.runs import Run, tasks_for_spec
+from forgetting.runs import Run, RunLayout, tasks_for_spec
 from forgetting.spec import ExperimentSpec, parse_spec
 from forgetting.tasks.families import make_task
 
@@ -143,10 +143,6 @@ def pairwise_sweep(
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 
-#: File name (per ``n_examples``) of the cached :func:`sweep_alignment` rows in a pair's run folder.
-ALIGNMENT_FILE = "similarity_alignment_n{n}.parquet"
-
-
 def sweep_alignment(sweep: pd.DataFrame, *, n_examples: int = 64, batch_size: int = 32,
                     progress: bool = True) -> pd.DataFrame:
     """``alignment_at_a`` and ``update_alignment`` (module docstring) for every pair of a sweep.
@@ -156,8 +152,9 @@ def sweep_alignment(sweep: pd.DataFrame, *, n_examples: int = 64, batch_size: in
         n_examples: the first ``n_examples`` train examples of A and of B give their gradients.
 
     Returns:
-        long DataFrame (:data:`SIMILARITY_COLUMNS`) with the two measures per ordered pair. Each pair's
-        rows are cached in its run folder (``similarity_alignment_n<n>.parquet``) and read back next time.
+        long DataFrame (:data:`forgetting.mechanisms.similarity.SIMILARITY_COLUMNS`) with the two measures per ordered pair. Each pair's
+        rows are cached in its run folder (:meth:`forgetting.runs.layout.RunLayout.sweep_alignment`) and read back
+        next time.
     """
     missing = [c for c in ("task_a", "task_b", "run") if c not in getattr(sweep, "columns", ())]
     if missing:
@@ -165,7 +162,7 @@ def sweep_alignment(sweep: pd.DataFrame, *, n_examples: int = 64, batch_size: in
     frames, loaded = [], None
     for a, b, folder in tqdm(list(zip(sweep.task_a, sweep.task_b, sweep.run)), desc="alignment",
                              disable=not progress or paths.quiet()):
-        cache = Path(folder) / ALIGNMENT_FILE.format(n=n_examples)
+        cache = RunLayout(Path(folder)).sweep_alignment(n_examples)
         if cache.is_file():
             frames.append(pd.read_parquet(cache))
             continue

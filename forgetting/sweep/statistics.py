@@ -30,15 +30,16 @@ from forgetting.stats import correlation, linear_model, partial_correlation, pea
 PAIR_SIMILARITIES = ("gradient_cosine", "gradient_cosine_attention", "gradient_cosine_mlp", "representation",
                      "representation_subspace", "token_overlap", "token_jaccard", "answer_overlap", "fisher",
                      "fisher_distance", "alignment_at_a", "update_alignment")
-#: The forgetting measures of a sweep (:data:`SWEEP_COLUMNS`).
+#: The forgetting measures of a sweep (:data:`forgetting.sweep.pairs.SWEEP_COLUMNS`).
 FORGETTING_MEASURES = ("forgetting_loss", "forgetting_exact", "forgetting_answer")
 
 
 def pair_table(sweep: pd.DataFrame, *similarities: pd.DataFrame) -> pd.DataFrame:
     """One row per ordered pair: the sweep's columns and one column per aggregate similarity measure.
 
-    ``similarities`` are long tables (:data:`SIMILARITY_COLUMNS`: :func:`similarity_matrix`,
-    :func:`sweep_alignment`); only their aggregate rows (``layer`` <NA>) are used, averaged over seeds
+    ``similarities`` are long tables (:data:`forgetting.mechanisms.similarity.SIMILARITY_COLUMNS`) of
+    :func:`forgetting.mechanisms.similarity.similarity_matrix` and
+    :func:`forgetting.sweep.pairs.sweep_alignment`; only their aggregate rows (``layer`` <NA>) are used, averaged over seeds
     if there are several. Pairs missing from a similarity table get NaN there. A sweep over several
     seeds (a ``seed`` column with more than one value) is first averaged per pair over the seeds (numeric
     columns; ``seed`` becomes the number of seeds, ``run`` is dropped), so that each pair is one observation.

@@ -251,7 +251,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = Tr
 
 def with_weights(run_dir: str | Path, *, progress: bool = True) -> Path:
     """``run_dir`` if it has its snapshots, else its spec re-run (or resumed) into its cache twin
-    (:func:`forgetting.runs.cache_twin`): a published run holds only tables."""
+    (:func:`forgetting.runs.cache.cache_twin`): a published run holds only tables."""
     run_dir = Path(run_dir)
     if has_weights(run_dir):
         return run_dir

@@ -51,7 +51,7 @@ PAIR_KEYS = ("stage", "new_task", "old_task")
 
 
 def _check_analysis_table(df: pd.DataFrame, what: str, columns: Sequence[str]) -> None:
-    """:func:`_check_columns` for a table of :func:`forgetting.analysis.analysis_for` named ``what``."""
+    """:func:`_check_columns` for a table of :func:`forgetting.analysis.report.analysis_for` named ``what``."""
     _check_columns(df, columns, what, hint=f"is it the {what} table of analysis_for?")
 
 

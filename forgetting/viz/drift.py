@@ -1,5 +1,5 @@
 """Charts and tables for representational drift (chapter 03), from the ``drift`` and ``heads`` tables of
-:func:`forgetting.analysis.analysis_for`.
+:func:`forgetting.analysis.report.analysis_for`.
 
 ``drift`` has one row per (stage, old task, layer, null): ``cka`` is the linear CKA of the old task's
 representations (residual stream after each block, mean over the example's tokens) between the snapshot

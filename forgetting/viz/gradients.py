@@ -1,5 +1,5 @@
 """Charts and tables for gradient interference (chapter 02), from the ``gradients`` and ``gradient_null``
-tables of :func:`forgetting.analysis.analysis_for`.
+tables of :func:`forgetting.analysis.report.analysis_for`.
 
 Both tables have one row per unit (matrix, head, layer, model; see
 :mod:`forgetting.mechanisms.gradients`) and per analysed pair: ``stage`` (the stage whose training is

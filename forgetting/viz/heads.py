@@ -2,7 +2,7 @@
 per layer against the paper's range, what a fixed threshold would call severe, and attention patterns
 before and after (an Altair chart for the static book, an ipywidgets explorer for live kernels).
 
-Inputs are the ``heads`` and ``head_severity`` tables of :func:`forgetting.analysis.analysis_for`
+Inputs are the ``heads`` and ``head_severity`` tables of :func:`forgetting.analysis.report.analysis_for`
 (observed rows have ``null == ""``) and :class:`forgetting.mechanisms.heads.HeadRecord` objects.
 Every chart embeds its data and works offline (:mod:`forgetting.viz.offline`).
 """

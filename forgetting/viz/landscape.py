@@ -40,7 +40,7 @@ def _log_domain(values: pd.Series) -> list[float]:
 
 
 def curvature_table(curvature: pd.DataFrame) -> pd.DataFrame:
-    """The ``curvature`` table of :func:`forgetting.analysis.analysis_for` in long form for plotting.
+    """The ``curvature`` table of :func:`forgetting.analysis.report.analysis_for` in long form for plotting.
 
     Columns: ``pair`` ("recall_city after recall_job (stage 2)"), ``stage``, ``old_task``, ``new_task``,
     ``snapshot`` ("before"/"after"), ``measure`` (one of :data:`CURVATURE_MEASURES`), ``value`` (mean

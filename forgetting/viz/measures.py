@@ -27,7 +27,7 @@ def chart_function(name: str) -> Callable:
 
 
 def measure_chart(name: str, tables: Mapping[str, pd.DataFrame], **kwargs):
-    """Measure ``name``'s chart of the report ``tables`` (:func:`forgetting.analysis.analysis_for`),
+    """Measure ``name``'s chart of the report ``tables`` (:func:`forgetting.analysis.report.analysis_for`),
     called with the measure's tables in the order it lists them."""
     measure, fn = _measure(name), chart_function(name)
     missing = [t for t in measure.tables if t not in tables]

@@ -1,7 +1,7 @@
 """Charts for task similarity (chapter 06): similarity against forgetting over the ordered task pairs of a
 sweep, and the task x task similarity matrix.
 
-Input tables come from :mod:`forgetting.sweep`: a *pair table* (:func:`forgetting.sweep.pair_table`:
+Input tables come from :mod:`forgetting.sweep`: a *pair table* (:func:`forgetting.sweep.statistics.pair_table`:
 one row per ordered pair ``task_a -> task_b`` with the forgetting columns of the sweep and one column per
 similarity measure) and the long similarity table of :func:`forgetting.mechanisms.similarity.similarity_matrix`
 (``task_a, task_b, measure, layer, value``).
@@ -156,7 +156,7 @@ def similarity_heatmap(
     """Task x task heatmap of one similarity measure (select), with the values written in the cells.
 
     ``similarities``: the long table of :func:`forgetting.mechanisms.similarity.similarity_matrix` (and/or
-    :func:`forgetting.sweep.sweep_alignment`); only aggregate rows (``layer`` <NA>) are drawn.
+    :func:`forgetting.sweep.pairs.sweep_alignment`); only aggregate rows (``layer`` <NA>) are drawn.
     The colour scale runs from -1 to 1 (cosines can be negative; overlaps are in [0, 1]).
     """
     _check_columns(similarities, ("task_a", "task_b", "measure", "value"), "similarities",
