@@ -21,9 +21,12 @@ import sys
 from pathlib import Path
 
 from forgetting.errors import ForgettingError, SpecError
+from forgetting.threads import configure_threads
 from forgetting.version import __version__
 
 EXIT_BAD_INPUT = 2
+#: The commands that train or measure (torch gets :func:`forgetting.threads.configure_threads`).
+COMPUTING = ("run", "analyze", "pretrain", "results")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -179,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in COMPUTING:
+        configure_threads()
     try:
         return args.func(args)
     except SpecError as exc:

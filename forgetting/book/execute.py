@@ -22,6 +22,7 @@ from pathlib import Path
 
 from forgetting.book.config import BookBuildError, Chapter
 from forgetting.book.freshness import _sha, chapter_hash, package_fingerprint
+from forgetting.threads import kernel_threads_env
 
 KERNEL = "python3"
 
@@ -71,6 +72,7 @@ KERNEL_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
     "PYTHONHASHSEED": "0",
+    **kernel_threads_env(),  # one torch thread unless OMP_NUM_THREADS / FORGETTING_THREADS say otherwise
 }
 
 
