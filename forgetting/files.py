@@ -45,9 +45,9 @@ def git_commit() -> str | None:
 
 
 def provenance() -> dict[str, Any]:
-    """Who made a result: package version, git commit, created_at (UTC), library versions."""
-    import torch
-    import transformers
+    """Who made a result: package version, git commit, created_at (UTC), library versions, torch threads."""
+    import torch  # deferred: the file helpers are used where torch is not loaded yet
+    import transformers  # deferred: as above
 
     return {
         "package_version": __version__,
@@ -56,6 +56,7 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
     }
 
 
