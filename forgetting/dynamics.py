@@ -18,7 +18,7 @@ the end of A), on A's eval examples (:func:`training_dynamics`):
 - ``grad_cosine`` and ``grad_cosine_attention``: ``cos(g_A(theta_s), g_B(theta_s))`` over all weights and
   over the attention projections only (:func:`forgetting.mechanisms.gradients.gradient_alignment`);
 - ``lambda_max`` and ``lambda_max_per_loss``: the top Hessian eigenvalue of ``L_A`` at ``theta_s``
-  (Lanczos) and its ratio to ``L_A`` (curvature rises with the loss: SCIENCE.md);
+  (Lanczos) and its ratio to ``L_A`` (the curvature of cross-entropy rises with the loss itself);
 - ``head_js``: the mean over heads of the Jensen-Shannon divergence (bits) of A's attention patterns at
   ``theta_s`` vs ``theta_0``.
 

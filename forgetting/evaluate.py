@@ -9,7 +9,7 @@ For one example with target positions t = 1..m (the target tokens and the closin
   greedy decoding reproducing the target, see :mod:`forgetting.tasks.encoding`)
 - ``answer_match`` = fraction of examples whose answer tokens (target without eos) are all the argmax
   over the task's answer vocabulary only. It separates "the knowledge is gone" from "the model now
-  prefers another output format" (SCIENCE.md: exact match saturates at 0 after a conflicting task).
+  prefers another output format" (exact match saturates at 0 after a conflicting task).
 
 The evaluation table has one row per (evaluation point, task, metric); see ``EVAL_COLUMNS``.
 """

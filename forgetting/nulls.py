@@ -1,7 +1,7 @@
 """Null snapshots: how far a model moves on the *old* task alone, the yardstick for every "change".
 
 For a pair of snapshots ``before -> after`` of a run (``after`` trained a new task from ``before``), a
-null snapshot knows the old task just as well as ``before`` but saw no new task (SCIENCE.md):
+null snapshot knows the old task just as well as ``before`` but saw no new task:
 
 - ``continue``: restore ``before`` and train the old task further, for as many steps as the new task got
   (``step(after) - step(before)``), with a fresh optimizer and the spec's schedule;

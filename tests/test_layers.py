@@ -66,3 +66,12 @@ def test_only_forgetting_runs_spells_the_run_folder_layout():
 def test_no_module_is_longer_than_a_reader_can_hold():
     long = {str(p.relative_to(PACKAGE)): n for p in _modules() if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_book_cites_nothing_its_readers_do_not_have():
+    """Readers get the chapters and the API page (the package's docstrings), not the team's notes."""
+    places = [*_modules(), *sorted((paths.REPO_ROOT / "chapters").glob("*.md"))]
+    cited = [f"{p.relative_to(paths.REPO_ROOT)}:{n}" for p in places
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if "SCIENCE.md" in line or "../shared" in line]
+    assert not cited, "cites the team's notes: " + ", ".join(cited)

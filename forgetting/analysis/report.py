@@ -7,8 +7,7 @@ earlier task ``j``, on ``j``'s eval examples, between the snapshot before stage 
 
 - ``drift.parquet``: linear CKA per layer of the residual stream (hidden state after each block, mean
   over the example's tokens), before vs after (:func:`forgetting.mechanisms.drift.cka_by_layer`).
-  With ``nulls=True``, also before vs two nulls (SCIENCE.md: a drift counts only where it stands clear
-  of both), column ``null``: ``continue`` (task ``i-1`` trained further for as many steps as task
+  With ``nulls=True``, also before vs two nulls (a drift counts only where it stands clear of both), column ``null``: ``continue`` (task ``i-1`` trained further for as many steps as task
   ``i`` got) and ``reseed`` (task ``i-1`` re-trained from the same start with another seed); made and
   cached by :func:`forgetting.nulls.null_snapshots`. The observed rows have ``null = ""``.
 - ``gradients.parquet``: alignment of task ``j``'s loss gradient with task ``i``'s, at the snapshot
@@ -19,7 +18,7 @@ earlier task ``j``, on ``j``'s eval examples, between the snapshot before stage 
   (:func:`forgetting.mechanisms.gradients.split_half_null`): an old-vs-new cosine in a unit whose
   split-half cosine is near 0 cannot be read.
 - ``curvature.parquet``: the top Hessian eigenvalue of task ``j``'s loss (all trainable weights,
-  Lanczos) before and after, next to the loss itself: curvature rises with the loss (SCIENCE.md),
+  Lanczos) before and after, next to the loss itself: curvature rises with the loss,
   so ``lambda_max / loss`` is reported too.
 - ``heads.parquet``: per-head disruption before vs after (attention JS divergence, entropy change,
   output similarity, weight change; :func:`forgetting.mechanisms.heads.head_disruption`), column

@@ -35,7 +35,7 @@ checks), :mod:`forgetting.mechanisms.cka_minibatch` (:class:`MinibatchCKA`) and
 :func:`cka_by_layer` are here.
 
 Constant representations. If X (or Y) is the same for every example (zero variance after centring;
-SCIENCE.md: at the last prompt token the embedding layer is constant because every prompt ends with the
+e.g. at the last prompt token the embedding layer is constant because every prompt ends with the
 same token), both forms are 0/0 and CKA is undefined. It is never returned silently as NaN:
 ``on_constant="nan"`` (default) returns ``nan`` *and* emits a :class:`RuntimeWarning` naming the constant
 input; ``on_constant="raise"`` raises :class:`ConstantRepresentationError` (a ``ValueError``).
@@ -46,7 +46,7 @@ estimate, not a squared norm); that case is handled the same way.
 Readouts of a causal LM's hidden states (batch, seq, d) with an attention mask (batch, seq):
 ``"last"``: the last non-padding token of each sequence (n = batch); ``"mean"``: the mean over
 non-padding tokens (n = batch); ``"tokens"``: every non-padding token is one example (n = number of
-tokens; dominated by prompt tokens, SCIENCE.md). State which one you report.
+tokens; dominated by prompt tokens, which every task shares). State which one you report.
 """
 
 from __future__ import annotations

@@ -348,7 +348,7 @@ def update_alignment(
 ) -> pd.DataFrame:
     """Alignment of a weight change with a task's descent direction: ``cos(delta_u, -g_u)`` per unit.
 
-    Typical use (SCIENCE.md): ``delta = theta_A - theta_0`` (what the old task A changed; for LoRA the
+    Typical use: ``delta = theta_A - theta_0`` (what the old task A changed; for LoRA the
     effective update ``delta W``) against the new task B's first gradient ``g_B`` at theta_A (for LoRA the
     effective gradient G). Negative cosine: B's descent direction points back against A's change.
     Columns as :func:`gradient_alignment` with ``a = delta``, ``b = -g``; so ``dot = -g . delta`` is

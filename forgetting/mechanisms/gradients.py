@@ -21,7 +21,7 @@ Conflict. :func:`conflict_rate` is the fraction of units with ``cosine < 0`` (am
 cosine); over a sequence of points along training of a new task (:func:`snapshot_alignment`),
 :func:`step_conflict_rate` gives per unit the fraction of steps with negative alignment.
 
-Noise floor (SCIENCE.md: a converged task has a tiny, noisy gradient). :func:`split_half_null` computes
+Noise floor (a converged task has a tiny, noisy gradient, whose direction is mostly sampling noise). :func:`split_half_null` computes
 the cosine between the gradients of two disjoint random halves of the OLD task's own data, per unit.
 Writing a half's gradient as g + e with independent noise e, that cosine estimates the reliability of a
 half-sample gradient, ``c = ||g||^2 / (||g||^2 + 2 s^2 / n)``; the Spearman-Brown formula gives the

@@ -11,7 +11,7 @@ H = d^2 L / d theta^2 (N x N) is never formed; it is applied to vectors by doubl
 
 Extreme eigenvalues: Lanczos with full re-orthogonalisation (:func:`lanczos`; its steps are in
 :mod:`forgetting.mechanisms.lanczos`). After m matvecs it has an m x m tridiagonal T = Q^T H Q whose
-eigenvalues (Ritz values) approximate *both* ends of the spectrum at once. This matters for forgetting (SCIENCE.md): away from a minimum the most negative eigenvalue can
+eigenvalues (Ritz values) approximate *both* ends of the spectrum at once. This matters for forgetting: away from a minimum the most negative eigenvalue can
 exceed the largest in magnitude, and plain power iteration (PyHessian's ``eigenvalues``) then converges to
 the eigenvalue of largest *magnitude*, i.e. the negative one, and reports it as "the top eigenvalue".
 ``which="LA"`` here always returns the algebraically largest; ``which="both"`` returns both ends.

@@ -19,7 +19,7 @@ state B's training starts from. At theta_A (the snapshot after A) of each pair::
     alignment_at_a   = cos(g_A(theta_A), g_B(theta_A))           (old vs new task gradient, all parameters)
     update_alignment = cos(theta_A - theta_0, -g_B(theta_A))      (B's first descent direction vs what A changed)
 
-A converged A has a small, noisy gradient (SCIENCE.md), so the second, which does not need g_A, is the
+A converged A has a small, noisy gradient (its loss is near a minimum), so the second, which does not need g_A, is the
 steadier one: negative means B's first steps point back against A's change.
 
 Bad input (unknown task, fewer than two tasks, repeated tasks, unknown profile) raises

@@ -7,7 +7,7 @@ the pairs of a sweep (:mod:`forgetting.sweep.pairs`).
 (Ramasesh et al. 2020) is tested with a quadratic ``f = b0 + b1 s + b2 s^2``: a peak inside the data needs
 b2 < 0 (its interval below 0) and the vertex ``s* = -b1 / (2 b2)`` inside the observed range of s.
 :func:`task_effects` says how much of the forgetting is explained by which task is A and which is B alone
-(SCIENCE.md), before any similarity enters.
+(the pairs share tasks, so task identity alone can look like a similarity effect), before any similarity enters.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ previous task re-trained from the same start with another seed). Layer 0 is the 
 layer l the output of decoder layer l. ``heads`` has per-head measures, among them ``output_cka`` (CKA
 of one head's output before vs after), with the same ``null`` column.
 
-The drift of a layer is ``1 - CKA``; it counts only where it stands clear of both nulls (SCIENCE.md).
+The drift of a layer is ``1 - CKA``; it counts only where it stands clear of both nulls (training the old task alone moves representations too).
 """
 
 from __future__ import annotations
