@@ -112,11 +112,11 @@ def training_dynamics(
     old, new = tasks[stage - 2], tasks[stage - 1]
     traced = [m for m in measures() if m.trace]
     order = {name: i for i, name in enumerate(("old_loss", *MEASURES))}  # the table's row order per point
+    examples, new_examples = old.eval.select(slice(0, n_examples)), new.train.select(slice(0, n_examples))
     rows: list[dict] = []
     start: dict | None = None
     for step, folder in tqdm(chosen, desc="dynamics", disable=not progress or paths.quiet()):
-        probe = Probe(run.model_at(folder), old.eval.select(slice(0, n_examples)), new.train,
-                      new.train.select(slice(0, n_examples)), batch_size, hessian_iters, n_examples)
+        probe = Probe(run.model_at(folder), examples, new.train, new_examples, batch_size, hessian_iters, n_examples)
         now = {m.name: m.record(probe) if m.record else None for m in traced}
         start = now if start is None else start
         values: dict[str, float] = {}

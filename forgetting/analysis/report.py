@@ -90,10 +90,10 @@ def analyze_run(
         new, old = tasks[stage - 1], tasks[j]
         bar.set_postfix(stage=stage, old=old.name, refresh=False)
         keys = {"stage": stage, "new_task": new.name, "old_task": old.name}
+        examples, new_examples = old.eval.select(slice(0, n_examples)), new.train.select(slice(0, n_examples))
 
         def probe(ref) -> Probe:
-            return Probe(run.model_at(ref), old.eval.select(slice(0, n_examples)), new.train,
-                         new.train.select(slice(0, n_examples)), batch_size, hessian_iters, n_examples)
+            return Probe(run.model_at(ref), examples, new.train, new_examples, batch_size, hessian_iters, n_examples)
 
         at_before = probe(stage - 1)
         before = {m.name: m.record(at_before) for m in registered if m.record}

@@ -64,6 +64,10 @@ class SnapshotInfo:
     end_of_stage: bool
 
 
+def _info(meta: dict) -> SnapshotInfo:
+    return SnapshotInfo(meta["label"], int(meta["stage"]), meta["task"], int(meta["step"]), bool(meta["end_of_stage"]))
+
+
 class Run:
     """A run folder read back (see the module docstring). Tables and the spec are read once, lazily."""
 
@@ -163,14 +167,12 @@ class Run:
         found = []
         for folder in self.layout.snapshots.iterdir():
             if is_snapshot(folder):
-                m = snapshot_meta(folder)
-                found.append(SnapshotInfo(m["label"], int(m["stage"]), m["task"], int(m["step"]), bool(m["end_of_stage"])))
+                found.append(_info(snapshot_meta(folder)))
         found.sort(key=lambda s: (s.step, s.stage))
         return [s for s in found if stage is None or s.stage == stage]
 
     def snapshot_info(self, ref: SnapshotRef) -> SnapshotInfo:
-        m = snapshot_meta(self.snapshot_folder(ref))
-        return SnapshotInfo(m["label"], int(m["stage"]), m["task"], int(m["step"]), bool(m["end_of_stage"]))
+        return _info(snapshot_meta(self.snapshot_folder(ref)))
 
     def stage_snapshots(self, stage: int) -> list[Path]:
         """The end of stage ``stage - 1`` followed by every snapshot of ``stage`` in step order
@@ -197,15 +199,16 @@ class Run:
     def model_at(self, ref: SnapshotRef | Path):
         """The spec's model with snapshot ``ref``'s weights, in eval mode. The model object is shared
         between calls on this ``Run`` (each call overwrites its trainable weights)."""
-        if self._loaded is None:
-            self._loaded = self.load_model()
-        return self.load_into(self._loaded[0], ref)
+        return self.load_into(self._model_and_tokenizer()[0], ref)
 
     @property
     def tokenizer(self):
+        return self._model_and_tokenizer()[1]
+
+    def _model_and_tokenizer(self) -> tuple:
         if self._loaded is None:
             self._loaded = self.load_model()
-        return self._loaded[1]
+        return self._loaded
 
     @functools.cached_property
     def tasks(self) -> list[PreparedTask]:

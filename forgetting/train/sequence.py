@@ -49,6 +49,7 @@ class RunContext:
     tasks: list[PreparedTask]
     accelerator: object
     heldout: list[dict] | None  # pre-encoded batches of the held-out corpus sample
+    mitigation: TrainingHook | None = None  # one hook for the whole run: it may carry state across tasks
     evals: list[dict] = field(default_factory=list)
     train_log: list[dict] = field(default_factory=list)
 
@@ -138,7 +139,7 @@ def _run_stage(ctx: RunContext, state: dict, stage: int, global_step: int, bar) 
     train_task(
         ctx.model, task.train, steps=steps, batch_size=spec.batch_size, grad_accum=spec.grad_accum,
         optim=OptimConfig.from_spec(spec.optimizer), seed=stage_seed(spec.seed, stage), accelerator=ctx.accelerator,
-        hooks=[mitigation_hook(spec), recorder], task_name=task.name, stage=stage, earlier=earlier,
+        hooks=[ctx.mitigation, recorder], task_name=task.name, stage=stage, earlier=earlier,
     )
     labels = recorder.labels
     global_step += steps
@@ -215,12 +216,12 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = Tr
     accelerator = make_accelerator()
     if spec.batch_size % (spec.grad_accum * accelerator.num_processes):
         raise SpecError("batch_size", f"{spec.batch_size} must split into grad_accum x {accelerator.num_processes} processes")
-    mitigation_hook(spec)  # a bad mitigation option fails here, before the model is loaded
+    mitigation = mitigation_hook(spec)  # a bad mitigation option fails here, before the model is loaded
     model, tokenizer = model_for_spec(spec)
     tasks = tasks_for_spec(spec, tokenizer)
     model = accelerator.prepare_model(model)
     layout = RunLayout(out)
-    ctx = RunContext(spec, layout, model, tokenizer, tasks, accelerator, _heldout_batches(spec, tokenizer))
+    ctx = RunContext(spec, layout, model, tokenizer, tasks, accelerator, _heldout_batches(spec, tokenizer), mitigation)
     if ctx.main and not layout.manifest.is_file():
         out.mkdir(parents=True, exist_ok=True)
         manifest = {
