@@ -20,16 +20,21 @@ from forgetting.runs.cache import published_dir, result_dir
 from forgetting.spec import ExperimentSpec, load_spec, parse_spec
 from forgetting.train import run_experiment
 
-# "sweep": the task-similarity sweep of forgetting.sweep.pairwise_sweep (every ordered pair of
-# "tasks", each trained for "steps" steps).
+# "sweep": the task-similarity sweep of forgetting.sweep.sweep_table: every ordered pair of "tasks", each
+# task trained for "steps" steps at learning rate "lr" (None: the profile spec's), once per seed of
+# "seeds". The full sweep's (steps, lr) was chosen by the rule in forgetting.sweep.pairs (A learned after
+# stage 1, forgetting graded, cost): at the spec's 200 steps and lr 2e-3 every pair forgot almost all of A.
 PROFILES = {
     "quick": {"spec": "quick.yaml", "seeds": (0,),
-              "sweep": {"tasks": ("recall_city", "recall_job", "update_city", "sort"), "steps": 100}},
+              "sweep": {"tasks": ("recall_city", "recall_job", "update_city", "sort"), "steps": 100, "lr": None,
+                        "seeds": (0,)}},
     "full": {"spec": "full.yaml", "seeds": (0, 1, 2, 3, 4),
-             "sweep": {"tasks": ("recall_city", "recall_job", "recall_color", "update_city", "sort", "reverse"),
-                       "steps": 200}},
+             "sweep": {"tasks": ("recall_city", "recall_job", "recall_color", "recall_pet", "recall_food",
+                                 "recall_sport", "update_city", "update_job", "copy", "reverse", "sort", "add"),
+                       "steps": 50, "lr": 2.0e-3, "seeds": (0, 1, 2)}},
     "gpu": {"spec": "gpu.yaml", "seeds": (0, 1, 2),
-            "sweep": {"tasks": ("recall_city", "recall_job", "update_city", "sort", "reverse"), "steps": 300}},
+            "sweep": {"tasks": ("recall_city", "recall_job", "update_city", "sort", "reverse"), "steps": 300, "lr": None,
+                      "seeds": (0,)}},
 }
 
 
@@ -45,7 +50,8 @@ def seeds(profile: str) -> tuple[int, ...]:
 
 
 def sweep_settings(profile: str) -> dict:
-    """The profile's task-similarity sweep: ``{"tasks": (...), "steps": steps per task}``."""
+    """The profile's task-similarity sweep: ``{"tasks": (...), "steps": steps per task, "lr": learning rate
+    or None (the spec's), "seeds": (...)}``."""
     return _check(profile)["sweep"]
 
 

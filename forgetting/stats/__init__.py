@@ -25,13 +25,16 @@ Everything is deterministic given ``seed`` (one ``numpy.random.Generator`` per c
 
 The package is split by step, and every name in ``__all__`` is importable from here, its stable path:
 :mod:`forgetting.stats.correlations` (correlation coefficients, partial correlation, their validation),
-:mod:`forgetting.stats.linear_models` (ordinary least squares) and :mod:`forgetting.stats.resampling`
+:mod:`forgetting.stats.linear_models` (ordinary least squares), :mod:`forgetting.stats.clustered` (the
+Holm correction and correlations over task pairs with several seeds: a two-way bootstrap over tasks and
+seeds) and :mod:`forgetting.stats.resampling`
 (bootstrap weights, the weighted Pearson r and ranks of a resample, percentile intervals,
 permutations, the bootstrap interval of a mean).
 """
 
 from __future__ import annotations
 
+from forgetting.stats.clustered import SeededCorrelation, holm, seeded_correlation
 from forgetting.stats.correlations import (
     METHODS,  # noqa: F401  (forgetting.stats.METHODS, the method names, as before the split)
     CorrelationResult,
@@ -47,11 +50,14 @@ from forgetting.stats.resampling import bootstrap_mean_ci
 __all__ = [
     "CorrelationResult",
     "LinearModelResult",
+    "SeededCorrelation",
     "bootstrap_mean_ci",
     "correlation",
+    "holm",
     "linear_model",
     "partial_correlation",
     "pearson",
     "rankdata",
+    "seeded_correlation",
     "spearman",
 ]

@@ -7,11 +7,30 @@ end of each stage only, no joint reference), through :func:`forgetting.profiles.
 is cached on disk and a killed sweep resumes where it stopped. Per pair, from the end-of-stage evaluations
 (stage 1 = after A, stage 2 = after B, on the tasks' eval splits)::
 
-    forgetting_loss   = loss_A(stage 2) - loss_A(stage 1)                  (nats/token; > 0: forgotten)
+    forgetting_loss     = loss_A(stage 2) - loss_A(stage 1)                (nats/token; > 0: forgotten)
+    forgetting_fraction = (loss_A(stage 2) - loss_A(stage 1)) / (loss_A(stage 0) - loss_A(stage 1))
+                          (the share of A's stage-1 gain that B undid; stage 0 = the base model;
+                          NaN when A's loss did not fall in stage 1)
     forgetting_exact  = exact_A(stage 1) - exact_A(stage 2)
     forgetting_answer = answer_A(stage 1) - answer_A(stage 2)
     gain_loss_b       = loss_B(stage 1) - loss_B(stage 2)                  (what training B taught B)
     gain_exact_b      = exact_B(stage 2) - exact_B(stage 1)
+
+**The whole sweep** (:func:`sweep_table`): every ordered pair of the profile's sweep tasks, for every
+sweep seed (``forgetting.profiles.sweep_settings``: tasks, seeds, steps, lr).
+
+**The regime of the full sweep** (steps per task, learning rate; the same for A and B), fixed by a rule
+written before any pilot. Candidates, cheapest first: (50, 2e-3), (50, 1e-3), (100, 1e-3), (200, 5e-4).
+Pilot: 8 ordered pairs across the families (recall_city->recall_job, recall_job->update_city,
+update_city->recall_city, sort->reverse, reverse->copy, copy->add, add->recall_pet, recall_food->sort),
+seed 0. Criteria: (1) A is learned: median answer match of A after stage 1 >= 0.5, or median
+loss_A(1) / loss_A(0) <= 0.5; (2) forgetting is graded: median ``forgetting_fraction`` in [0.2, 0.8] and
+at most a quarter of the pairs above 0.95; (3) at most 6 s per pair at one thread. Choice: the first
+candidate meeting all three. (50, 2e-3) met (1) (loss ratio 0.11) and (2) (median fraction 0.43, 1 of 8
+above 0.95) but took 7.9 s per pair on the shared 2-core machine (load about 3), and no candidate met
+(3) (training time grows with the steps; (50, 1e-3) had median fraction 0.34); so the cheapest candidate
+meeting (1) and (2) was taken. At the spec's own 200 steps and lr 2e-3 every pair lost 3.4 to 10.2 nats
+of A's loss (saturated).
 
 Alignment along the sweep (:func:`sweep_alignment`): similarity at the base model says nothing about the
 state B's training starts from. At theta_A (the snapshot after A) of each pair::
@@ -44,14 +63,15 @@ from forgetting.files import atomic_write_table
 from forgetting.mechanisms.gradients import task_gradients
 from forgetting.mechanisms.similarity import _check_task_names, _frame, cosine
 from forgetting.profiles import experiment_spec, run_cached, sweep_settings
-from forgetting.runs import Run, RunLayout, tasks_for_spec
+from forgetting.runs import Run, RunLayout, result_dir, tasks_for_spec
 from forgetting.spec import ExperimentSpec, parse_spec
 from forgetting.tasks.families import make_task
 
 #: Columns of the table of :func:`pairwise_sweep`, one row per ordered pair (see the module docstring).
 SWEEP_COLUMNS = (
-    "task_a", "task_b", "seed", "steps", "loss_a_before", "loss_a_after", "exact_a_before", "exact_a_after",
-    "answer_a_before", "answer_a_after", "forgetting_loss", "forgetting_exact", "forgetting_answer",
+    "task_a", "task_b", "seed", "steps", "loss_a_base", "loss_a_before", "loss_a_after", "exact_a_before",
+    "exact_a_after", "answer_a_before", "answer_a_after", "forgetting_loss", "forgetting_fraction",
+    "forgetting_exact", "forgetting_answer",
     "gain_loss_b", "gain_exact_b", "exact_b_after", "run",
 )
 
@@ -66,7 +86,8 @@ def sweep_spec(task_a: str, task_b: str, *, profile: str = "quick", model: str |
     """The spec of one sweep pair: ``base`` (a spec or spec dict; default the profile's spec) with
     ``sequence: [task_a, task_b]``, ``steps_per_task`` = ``steps`` (default: the profile's sweep steps),
     evaluation at the end of each stage only (``eval.every: 0``) and no joint reference. With ``base``
-    given and ``steps=None``, the base's own ``steps_per_task`` is kept."""
+    given and ``steps=None``, the base's own ``steps_per_task`` is kept. Without ``base``, the profile's
+    sweep ``lr`` (when not None) replaces the spec's ``optimizer.lr``."""
     base_given = base is not None
     if base is None:
         base = experiment_spec(profile, model=model, seed=seed)
@@ -77,6 +98,8 @@ def sweep_spec(task_a: str, task_b: str, *, profile: str = "quick", model: str |
         data["seed"] = seed
     eval_spec = dict(data.get("eval") or {})
     eval_spec["every"] = 0
+    if not base_given and sweep_settings(profile).get("lr") is not None:
+        data["optimizer"] = {**data["optimizer"], "lr": sweep_settings(profile)["lr"]}
     data.update(
         name=f"{data.get('name', 'spec')}-sweep", sequence=[task_a, task_b], eval=eval_spec,
         reference={"enabled": False}, epochs_per_task=None,
@@ -90,12 +113,14 @@ def _pair_row(folder, task_a: str, task_b: str) -> dict:
     ev = run.evals[run.evals["end_of_stage"]]
     value = ev.set_index(["stage", "task", "metric"])["value"]
     v = lambda stage, task, metric: float(value.get((stage, task, metric), np.nan))  # noqa: E731
+    gain = v(0, task_a, "loss") - v(1, task_a, "loss")
     return {
         "task_a": task_a, "task_b": task_b, "seed": run.seed, "steps": int(run.manifest["spec"]["steps_per_task"]),
-        "loss_a_before": v(1, task_a, "loss"), "loss_a_after": v(2, task_a, "loss"),
+        "loss_a_base": v(0, task_a, "loss"), "loss_a_before": v(1, task_a, "loss"), "loss_a_after": v(2, task_a, "loss"),
         "exact_a_before": v(1, task_a, "exact_match"), "exact_a_after": v(2, task_a, "exact_match"),
         "answer_a_before": v(1, task_a, "answer_match"), "answer_a_after": v(2, task_a, "answer_match"),
         "forgetting_loss": v(2, task_a, "loss") - v(1, task_a, "loss"),
+        "forgetting_fraction": (v(2, task_a, "loss") - v(1, task_a, "loss")) / gain if gain > 0 else np.nan,
         "forgetting_exact": v(1, task_a, "exact_match") - v(2, task_a, "exact_match"),
         "forgetting_answer": v(1, task_a, "answer_match") - v(2, task_a, "answer_match"),
         "gain_loss_b": v(1, task_b, "loss") - v(2, task_b, "loss"),
@@ -140,6 +165,35 @@ def pairwise_sweep(
     rows = []
     for (a, b), pair_spec in tqdm(list(zip(pairs, specs)), desc="sweep pairs", disable=not progress or paths.quiet()):
         rows.append(_pair_row(run_cached(pair_spec, progress=False), a, b))
+    return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
+
+
+def sweep_table(profile: str = "quick", *, model: str | None = None, progress: bool = True,
+                stored_only: bool = False) -> pd.DataFrame:
+    """The profile's whole sweep: every ordered pair of its sweep tasks for every sweep seed.
+
+    ``sweep_settings(profile)`` gives the K tasks, the S seeds, the steps and the learning rate; each pair
+    is :func:`sweep_spec` (``profile``, ``model``, seed) run or read through
+    :func:`forgetting.profiles.run_cached` (published runs in ``data/results`` first, then the cache).
+
+    Returns:
+        S K (K - 1) rows with :data:`SWEEP_COLUMNS`, seed by seed, each seed's pairs in
+        ``itertools.permutations`` order. ``stored_only=True`` trains nothing: it raises
+        :class:`LookupError` naming the pairs (and how many) that are neither published nor complete in the
+        cache.
+    """
+    settings = sweep_settings(profile)
+    names = list(settings["tasks"])
+    _check_task_names(names)
+    jobs = [(a, b, seed, sweep_spec(a, b, profile=profile, model=model, seed=seed))
+            for seed in settings["seeds"] for a, b in itertools.permutations(names, 2)]
+    if stored_only:
+        missing = [f"{a}->{b} (seed {s})" for a, b, s, spec in jobs if not RunLayout(result_dir(spec)).state.is_file()]
+        if missing:
+            raise LookupError(f"profile {profile!r}: {len(missing)} of {len(jobs)} sweep pairs are not stored "
+                              f"(make results): {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+    rows = [_pair_row(run_cached(spec, progress=False), a, b)
+            for a, b, _, spec in tqdm(jobs, desc="sweep pairs", disable=not progress or paths.quiet())]
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 

@@ -8,6 +8,17 @@ the pairs of a sweep (:mod:`forgetting.sweep.pairs`).
 b2 < 0 (its interval below 0) and the vertex ``s* = -b1 / (2 b2)`` inside the observed range of s.
 :func:`task_effects` says how much of the forgetting is explained by which task is A and which is B alone
 (the pairs share tasks, so task identity alone can look like a similarity effect), before any similarity enters.
+
+**The claim-5 tests** (:func:`similarity_tests`), declared before the sweep was run. Primary (claim 5):
+predictor ``fisher`` (the Fisher task-embedding cosine at the base model), forgetting ``forgetting_loss``
+(A's loss increase, nats/token). Primary (claim 5b): ``gradient_conflict = -gradient_cosine`` (base-model
+gradients) with ``forgetting_loss``. Secondary: every other aggregate measure of
+:func:`forgetting.mechanisms.similarity.similarity_matrix` (``gradient_cosine`` is left out: it is
+``-gradient_conflict``) and the two primary predictors, against each of ``forgetting_loss``,
+``forgetting_fraction``, ``forgetting_answer``; their p-values are Holm-corrected together
+(:func:`forgetting.stats.holm`), each primary is a family of one. Every test is
+:func:`forgetting.stats.seeded_correlation`: r of the predictor with the seed-mean forgetting of each ordered
+pair, the interval of the two-way cluster bootstrap over tasks and seeds, the task-label permutation p.
 """
 
 from __future__ import annotations
@@ -20,7 +31,15 @@ import numpy as np
 import pandas as pd
 
 from forgetting.errors import SpecError
-from forgetting.stats import correlation, linear_model, partial_correlation, pearson, spearman
+from forgetting.stats import (
+    correlation,
+    holm,
+    linear_model,
+    partial_correlation,
+    pearson,
+    seeded_correlation,
+    spearman,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # similarity against forgetting
@@ -214,3 +233,63 @@ def leave_one_task_out(table: pd.DataFrame, similarity: str, forgetting: str, me
         defined = len(keep) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0
         rows.append({"left_out": task or "(none)", "r": float(fn(x, y)) if defined else float("nan"), "n": len(keep)})
     return pd.DataFrame(rows)
+
+
+#: The declared primary tests of claims 5 and 5b: (claim, predictor, forgetting measure).
+PRIMARY_TESTS = (("5", "fisher", "forgetting_loss"), ("5b", "gradient_conflict", "forgetting_loss"))
+#: The forgetting measures of the secondary tests.
+SECONDARY_FORGETTING = ("forgetting_loss", "forgetting_fraction", "forgetting_answer")
+#: Columns of :func:`similarity_tests`.
+TEST_COLUMNS = ("predictor", "forgetting", "primary", "claim", "method", "r", "ci_low", "ci_high", "p_value", "p_holm",
+                "n_pairs", "n_tasks", "n_seeds", "n_boot_valid", "permutation")
+
+
+def similarity_tests(pairs: pd.DataFrame, similarity_table: pd.DataFrame, *, method: str = "pearson",
+                     n_boot: int = 2000, n_perm: int = 2000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
+    """The claim-5 statistics (module docstring): one row per (predictor, forgetting measure).
+
+    Args:
+        pairs: the sweep (:func:`forgetting.sweep.sweep_table`): one row per ordered pair and seed, with
+            ``task_a, task_b, seed`` and the forgetting columns.
+        similarity_table: the long table of :func:`forgetting.mechanisms.similarity.similarity_matrix` at the
+            base model (only its aggregate rows, ``layer`` NaN, are used); it needs ``fisher`` and
+            ``gradient_cosine``.
+
+    Returns:
+        :data:`TEST_COLUMNS`: the two primaries first (``primary`` True, ``claim`` "5" / "5b", ``p_holm`` =
+        ``p_value``), then the secondaries (``p_holm``: Holm over all of them together). A constant or
+        missing column gives NaN.
+    """
+    missing = [c for c in ("task_a", "task_b", "seed", *SECONDARY_FORGETTING) if c not in getattr(pairs, "columns", ())]
+    if missing:
+        raise SpecError("pairs", f"missing column(s) {', '.join(missing)}; pass the table of sweep_table")
+    agg = similarity_table[similarity_table["layer"].isna()] if "layer" in similarity_table.columns else similarity_table
+    wide = agg.pivot_table(index=["task_a", "task_b"], columns="measure", values="value", aggfunc="mean")
+    absent = [m for m in ("fisher", "gradient_cosine") if m not in wide.columns]
+    if absent:
+        raise SpecError("similarity_table", f"missing measure(s) {', '.join(absent)}; compute similarity_matrix "
+                                            "with measures including fisher and gradient")
+    wide["gradient_conflict"] = -wide["gradient_cosine"]
+    predictors = ["fisher", "gradient_conflict", *[m for m in wide.columns
+                                                    if m not in ("fisher", "gradient_conflict", "gradient_cosine")]]
+    table = pairs.merge(wide.reset_index(), on=["task_a", "task_b"], how="left")
+    tests = [(claim, p, f, True) for claim, p, f in PRIMARY_TESTS]
+    tests += [("", p, f, False) for p in predictors for f in SECONDARY_FORGETTING
+              if (p, f) not in {(p0, f0) for _, p0, f0 in PRIMARY_TESTS}]
+    rows = []
+    for claim, predictor, forgetting, primary in tests:
+        data = table[["task_a", "task_b", "seed", predictor, forgetting]].dropna()
+        base = {"predictor": predictor, "forgetting": forgetting, "primary": primary, "claim": claim, "method": method}
+        try:
+            res = seeded_correlation(data[predictor], data[forgetting], data[["task_a", "task_b"]], data["seed"], method,
+                                     n_boot=n_boot, n_perm=n_perm, seed=seed, ci=ci)
+            rows.append({**base, **{k: getattr(res, k) for k in ("r", "ci_low", "ci_high", "p_value", "n_pairs",
+                                                                  "n_tasks", "n_seeds", "n_boot_valid", "permutation")}})
+        except ValueError:  # a constant column or too few pairs or tasks: undefined
+            rows.append({**base, "r": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_pairs": 0,
+                         "n_tasks": 0, "n_seeds": 0, "n_boot_valid": 0, "permutation": "none"})
+    out = pd.DataFrame(rows)
+    out["p_holm"] = out["p_value"]
+    secondary = ~out["primary"]
+    out.loc[secondary, "p_holm"] = holm(out.loc[secondary, "p_value"].to_numpy())
+    return out[list(TEST_COLUMNS)]
