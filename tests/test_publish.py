@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from forgetting.analysis import analysis_for
+from forgetting.files import read_json
 from forgetting.publish import publish_run
 from forgetting.runs import cache_twin, has_weights
 from forgetting.train import with_weights
@@ -26,8 +27,11 @@ def test_publish_copies_tables_not_weights_and_replaces_in_one_move(finished, tm
     out = publish_run(finished, tmp_path)
     assert out == tmp_path / "test-run" and not has_weights(out) and has_weights(finished)
     assert {p.name for p in out.iterdir()} == {"manifest.json", "state.json", "evals.parquet", "train_log.parquet",
-                                              "analysis"}
+                                              "analysis", "weights.json"}
     pd.testing.assert_frame_equal(pd.read_parquet(out / "evals.parquet"), pd.read_parquet(finished / "evals.parquet"))
+    # the report records the checksums of the weights it read: those the published copy records
+    assert read_json(out / "analysis" / "manifest.json")["weights_sha256"] == {
+        "snapshots": read_json(out / "weights.json")["snapshots"]}
     again = publish_run(finished, tmp_path)
     assert again == out and [p.name for p in tmp_path.iterdir()] == ["test-run"]  # no staging or .old left
     with pytest.raises(ValueError, match="not a finished run"):

@@ -10,6 +10,12 @@
   code). :func:`stored_or_compute` reads a stored product back when the key matches, in the run folder
   or, for a published run, in its cache twin (where it may have been recomputed), and otherwise
   computes it on a copy of the run that has its weights.
+- A product is never paired with the tables of other weights: whenever it is read from, or computed
+  in, a cache twin re-trained from a published run, :func:`forgetting.runs.integrity.check_pairing`
+  compares the twin's snapshots with the published ``weights.json`` and refuses if they differ (a
+  re-training on another machine or thread count need not give the same weights). A product computed
+  here also gets, in its manifest, ``weights_sha256``: the checksums of the snapshots (and null
+  snapshots) of the folder it was computed in (:func:`forgetting.runs.integrity.weights_digest`).
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from forgetting import paths
-from forgetting.files import read_json
+from forgetting.files import atomic_write_json, read_json
 from forgetting.runs.fingerprint import code_fingerprint
+from forgetting.runs.integrity import check_pairing, weights_digest
 from forgetting.runs.layout import RunLayout
 from forgetting.spec import ExperimentSpec
+
 
 def run_name(spec: ExperimentSpec) -> str:
     """``<spec name>-<spec hash>-<code fingerprint>``: the folder name of a cached run."""
@@ -74,6 +82,10 @@ def stored_or_compute(
     ``stored_only``, which raises :class:`LookupError`) ``weights(run_dir)`` gives a folder of the run
     with its snapshots (the run itself, or its spec re-run into the cache twin), ``compute(folder)``
     writes the product there (its manifest must carry ``key``), and ``read(folder)`` returns it.
+    A product read from or computed in another folder than ``run_dir`` is checked to come from the
+    weights ``run_dir``'s tables were computed from (:func:`~forgetting.runs.integrity.check_pairing`:
+    raises :class:`~forgetting.runs.integrity.WeightsMismatch` otherwise). The manifest of a computed
+    product gets ``weights_sha256`` (:func:`record_weights_read`).
     """
     run_dir = Path(run_dir)
     for folder in (run_dir, cache_twin(run_dir)):
@@ -82,9 +94,23 @@ def stored_or_compute(
         if file.is_file() and all(p.is_file() for p in outputs(layout)):
             stored = read_json(file)
             if {k: stored.get(k) for k in key} == key:
+                if folder != run_dir and has_weights(folder):
+                    check_pairing(run_dir, folder)
                 return read(folder)
     if stored_only:
         raise LookupError(f"{run_dir}: no stored {what} made by the current code with these arguments")
-    source = weights(run_dir)
+    source = check_pairing(run_dir, weights(run_dir))
     compute(source)
+    record_weights_read(manifest(RunLayout(source)), source)
     return read(source)
+
+
+#: The manifest entry of a product that holds :func:`~forgetting.runs.integrity.weights_digest`.
+WEIGHTS_READ = "weights_sha256"
+
+
+def record_weights_read(manifest: Path, folder: Path) -> None:
+    """Add ``weights_sha256`` (the checksums of ``folder``'s snapshots and null snapshots, which the
+    product may have read) to a product's ``manifest``, where both exist; not part of its key."""
+    if manifest.is_file() and has_weights(folder):
+        atomic_write_json(manifest, {**read_json(manifest), WEIGHTS_READ: weights_digest(folder)})

@@ -12,6 +12,7 @@ A run folder ``DIR`` (written by ``forgetting run SPEC --out DIR``)::
     DIR/analysis/              the mechanism report: one parquet per table + manifest.json
     DIR/dynamics.parquet       the mechanisms along a stage, + dynamics.json (arguments, code fingerprint)
     DIR/similarity_alignment_n<n>.parquet   a sweep pair's gradient alignment at theta_A (n examples)
+    DIR/weights.json           sha256 of each snapshot's weights + the machine (a published copy; forgetting.runs.integrity)
 
 Snapshot labels are ``stage{i:02d}-{task}`` at the end of stage ``i`` (``stage00-base`` before any
 training) and ``stage{i:02d}-{task}-step{s:06d}`` inside a stage (``s`` = global optimizer step).
@@ -35,9 +36,10 @@ PRODUCT_MANIFEST = "manifest.json"  # inside a product folder such as analysis/
 DYNAMICS = "dynamics.parquet"
 DYNAMICS_MANIFEST = "dynamics.json"
 SWEEP_ALIGNMENT = "similarity_alignment_n{n}.parquet"  # per number of examples
+WEIGHTS_RECORD = "weights.json"  # the checksums of the snapshots a published copy's tables were computed from
 
 #: The files a published copy of a run holds, where the run has them (tables, never weights).
-TABLE_FILES = (MANIFEST, STATE, EVALS, TRAIN_LOG, REFERENCE, DYNAMICS, DYNAMICS_MANIFEST)
+TABLE_FILES = (MANIFEST, STATE, EVALS, TRAIN_LOG, REFERENCE, DYNAMICS, DYNAMICS_MANIFEST, WEIGHTS_RECORD)
 TABLE_DIRS = (ANALYSIS,)
 WEIGHT_DIRS = (SNAPSHOTS, NULLS)
 
@@ -109,6 +111,11 @@ class RunLayout:
     def sweep_alignment(self, n_examples: int) -> Path:
         """The cached :func:`forgetting.sweep.pairs.sweep_alignment` rows of a sweep pair's run."""
         return self.root / SWEEP_ALIGNMENT.format(n=n_examples)
+
+    @property
+    def weights_record(self) -> Path:
+        """The checksums of the snapshots (:mod:`forgetting.runs.integrity`), kept by a published copy."""
+        return self.root / WEIGHTS_RECORD
 
     def has_weights(self) -> bool:
         """Whether the folder holds its snapshots (a run, not a published copy of its tables)."""
