@@ -12,6 +12,7 @@ A run folder ``DIR`` (written by ``forgetting run SPEC --out DIR``)::
     DIR/analysis/              the mechanism report: one parquet per table + manifest.json
     DIR/dynamics.parquet       the mechanisms along a stage, + dynamics.json (arguments, code fingerprint)
     DIR/similarity_alignment_n<n>.parquet   a sweep pair's gradient alignment at theta_A (n examples)
+    DIR/causal.parquet         the restoration studies (forgetting.causal), + causal.json (arguments, code fingerprint)
     DIR/weights.json           sha256 of each snapshot's weights + the machine (a published copy; forgetting.runs.integrity)
 
 Snapshot labels are ``stage{i:02d}-{task}`` at the end of stage ``i`` (``stage00-base`` before any
@@ -36,10 +37,13 @@ PRODUCT_MANIFEST = "manifest.json"  # inside a product folder such as analysis/
 DYNAMICS = "dynamics.parquet"
 DYNAMICS_MANIFEST = "dynamics.json"
 SWEEP_ALIGNMENT = "similarity_alignment_n{n}.parquet"  # per number of examples
+CAUSAL = "causal.parquet"
+CAUSAL_MANIFEST = "causal.json"
 WEIGHTS_RECORD = "weights.json"  # the checksums of the snapshots a published copy's tables were computed from
 
 #: The files a published copy of a run holds, where the run has them (tables, never weights).
-TABLE_FILES = (MANIFEST, STATE, EVALS, TRAIN_LOG, REFERENCE, DYNAMICS, DYNAMICS_MANIFEST, WEIGHTS_RECORD)
+TABLE_FILES = (MANIFEST, STATE, EVALS, TRAIN_LOG, REFERENCE, DYNAMICS, DYNAMICS_MANIFEST, CAUSAL, CAUSAL_MANIFEST,
+               WEIGHTS_RECORD)
 TABLE_DIRS = (ANALYSIS,)
 WEIGHT_DIRS = (SNAPSHOTS, NULLS)
 
@@ -107,6 +111,15 @@ class RunLayout:
     @property
     def dynamics_manifest(self) -> Path:
         return self.root / DYNAMICS_MANIFEST
+
+    @property
+    def causal(self) -> Path:
+        """The restoration studies' table (:func:`forgetting.causal.causal_for`)."""
+        return self.root / CAUSAL
+
+    @property
+    def causal_manifest(self) -> Path:
+        return self.root / CAUSAL_MANIFEST
 
     def sweep_alignment(self, n_examples: int) -> Path:
         """The cached :func:`forgetting.sweep.pairs.sweep_alignment` rows of a sweep pair's run."""
