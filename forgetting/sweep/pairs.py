@@ -112,7 +112,7 @@ def _pair_row(folder, task_a: str, task_b: str) -> dict:
     run = Run.open(folder)
     ev = run.evals[run.evals["end_of_stage"]]
     value = ev.set_index(["stage", "task", "metric"])["value"]
-    v = lambda stage, task, metric: float(value.get((stage, task, metric), np.nan))  # noqa: E731
+    v = lambda stage, task, metric: float(value.get((stage, task, metric), np.nan))
     gain = v(0, task_a, "loss") - v(1, task_a, "loss")
     return {
         "task_a": task_a, "task_b": task_b, "seed": run.seed, "steps": int(run.manifest["spec"]["steps_per_task"]),

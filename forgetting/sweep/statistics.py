@@ -125,8 +125,8 @@ def similarity_correlations(
         data = table[list(dict.fromkeys([sim, forg, *given, "task_a", "task_b"]))].dropna()
         base = {"similarity": sim, "forgetting": forg, "method": method, "given": ", ".join(given), "n": len(data),
                 "n_tasks": n_tasks}
-        kwargs = dict(n_boot=n_boot, n_perm=n_perm, seed=seed, ci=ci,
-                      groups=data[["task_a", "task_b"]].to_numpy() if groups is not None else None)
+        kwargs = {"n_boot": n_boot, "n_perm": n_perm, "seed": seed, "ci": ci,
+                  "groups": data[["task_a", "task_b"]].to_numpy() if groups is not None else None}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # few defined resamples: n_boot_valid says so
@@ -200,7 +200,8 @@ def task_effects(table: pd.DataFrame, forgetting: Sequence[str] = FORGETTING_MEA
         data = table[["task_a", "task_b", f]].dropna()
         y = data[f].to_numpy(dtype=np.float64)
         total = float(((y - y.mean()) ** 2).sum())
-        share = lambda col: float(((data.groupby(col)[f].transform("mean") - y.mean()) ** 2).sum()) / total  # noqa: E731
+        def share(col, data=data, f=f, y=y, total=total):
+            return float(((data.groupby(col)[f].transform("mean") - y.mean()) ** 2).sum()) / total
         X = np.column_stack([np.ones(len(y)), pd.get_dummies(data["task_a"], drop_first=True, dtype=float),
                              pd.get_dummies(data["task_b"], drop_first=True, dtype=float)])
         beta, *_ = np.linalg.lstsq(X, y, rcond=None)
