@@ -22,7 +22,8 @@ def step_run(tmp_path_factory):
 
 
 def test_dynamics_start_at_zero_change_and_are_cached(step_run):
-    df = dynamics_for(step_run, points=(0.0, 0.5, 1.0), n_examples=8, hessian_iters=4, progress=False)
+    both = dynamics_for(step_run, points=(0.0, 0.5, 1.0), n_examples=8, hessian_iters=4, progress=False)
+    df = both[both.path == "forgetting"]
     assert sorted(df["step"].unique()) == [0, 2, 6]  # the snapshots nearest to 0, 3 and 6 steps
     wide = df[df.layer == -1].pivot_table(index="step", columns="measure", values="value")
     assert wide.loc[0, "forgetting"] == 0 and wide.loc[0, "head_js"] == pytest.approx(0, abs=1e-9)
@@ -33,7 +34,14 @@ def test_dynamics_start_at_zero_change_and_are_cached(step_run):
     mtime = (step_run / "dynamics.parquet").stat().st_mtime_ns
     again = dynamics_for(step_run, points=(0.0, 0.5, 1.0), n_examples=8, hessian_iters=4, progress=False)
     assert (step_run / "dynamics.parquet").stat().st_mtime_ns == mtime
-    pd.testing.assert_frame_equal(df, again)
+    pd.testing.assert_frame_equal(both, again)
+    # the learning path: A's own training (stage 1), from the base model to the end of A
+    learning = both[both.path == "learning"].pivot_table(index="step", columns="measure", values="value")
+    assert list(learning.columns) == ["lambda_max", "lambda_min", "old_loss"] and learning.index.min() == 0
+    assert learning["old_loss"].iloc[-1] == pytest.approx(wide.loc[0, "old_loss"])  # the same snapshot
+    assert learning["old_loss"].iloc[0] > learning["old_loss"].iloc[-1]  # A is learned along it
+    assert (learning["lambda_min"] <= learning["lambda_max"]).all() and (wide["lambda_min"] <= wide["lambda_max"]).all()
+    assert onset_steps(both).equals(onset_steps(df))  # onsets read the forgetting path only
 
 
 def test_dynamics_spec_snapshots_forty_times_per_stage():

@@ -39,7 +39,12 @@ e.g. at the last prompt token the embedding layer is constant because every prom
 same token), both forms are 0/0 and CKA is undefined. It is never returned silently as NaN:
 ``on_constant="nan"`` (default) returns ``nan`` *and* emits a :class:`RuntimeWarning` naming the constant
 input; ``on_constant="raise"`` raises :class:`ConstantRepresentationError` (a ``ValueError``).
-:func:`cka_by_layer` records the reason in its ``note`` column instead of warning once per layer.
+:func:`cka_by_layer` records the reason in its ``note`` column instead of warning once per layer, and
+with ``constant="define"`` replaces the NaN by a defined value (the note stays): CKA compares the
+*geometry of the examples* (it is invariant to shifts), and a constant representation has none, so
+two constant representations are equal (``CKA = 1``: nothing drifted) and a constant one shares nothing
+with a varying one (``CKA = 0``). That is what a drift table needs at the embedding layer of the
+last-token readout, where "before" and "after" both see one token.
 The debiased self-HSIC of a non-constant input can still be <= 0 for very small n (it is an unbiased
 estimate, not a squared norm); that case is handled the same way.
 
@@ -187,6 +192,7 @@ def cka_by_layer(
     *,
     debiased: bool = False,
     readout: Literal["last", "mean", "tokens"] = "last",
+    constant: Literal["nan", "define"] = "nan",
 ) -> pd.DataFrame:
     """CKA between two models' (or snapshots') hidden states, layer by layer, in one batched pass.
 
@@ -198,6 +204,9 @@ def cka_by_layer(
         mask: attention mask (batch, seq), 1 for real tokens; ``None`` = no padding.
         debiased: debiased CKA (needs n >= 4 examples after the readout).
         readout: ``"last"``, ``"mean"`` or ``"tokens"`` (module docstring).
+        constant: where a side is constant across examples, ``"nan"`` leaves ``cka`` NaN, ``"define"``
+            sets it to 1 when both sides are constant and 0 when one is (module docstring); ``note``
+            says so either way. (A debiased self-HSIC that is not positive stays NaN.)
 
     Returns:
         pandas.DataFrame: long, one row per layer, ``layer`` (int), ``cka`` (float, NaN where undefined),
@@ -209,6 +218,8 @@ def cka_by_layer(
     """
     if readout not in READOUTS:
         raise ValueError(f"readout: expected one of {READOUTS}, got {readout!r}")
+    if constant not in ("nan", "define"):
+        raise ValueError(f"constant: expected 'nan' or 'define', got {constant!r}")
     A = _layers(hiddens_a, "hiddens_a")
     B = _layers(hiddens_b, "hiddens_b")
     if (len(A),) + tuple(A[0].shape[:2]) != (len(B),) + tuple(B[0].shape[:2]):
@@ -226,7 +237,12 @@ def cka_by_layer(
         if not torch.isfinite(t).all():
             raise ValueError(f"{name}: contains NaN or infinite values")
     hxy, hxx, hyy = hsic_terms(X, Y, debiased=debiased)
-    vals, notes = _cka_from_terms(hxy, hxx, hyy, _is_constant(X), _is_constant(Y))
+    const_x, const_y = _is_constant(X), _is_constant(Y)
+    vals, notes = _cka_from_terms(hxy, hxx, hyy, const_x, const_y)
+    if constant == "define":
+        cx, cy = const_x.cpu().numpy(), const_y.cpu().numpy()
+        vals = np.where(cx & cy, 1.0, np.where(cx | cy, 0.0, vals))
+        notes = [f"{note}; defined as {1 if x and y else 0}" if x or y else note for note, x, y in zip(notes, cx, cy)]
     return pd.DataFrame(
         {
             "layer": np.arange(X.shape[0], dtype=np.int64),

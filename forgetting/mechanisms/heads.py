@@ -9,7 +9,8 @@ Three steps, three modules; every public name of them is importable from here to
 2. **measure** the disruption between two records: Jensen-Shannon divergence of the attention rows,
    entropy change, output similarity and CKA, relative weight change, change of the ablation effect
    (:func:`head_disruption`; ``forgetting.mechanisms.head_metrics``, where the formulas are);
-3. **judge** it against a null (this module): :func:`severe_heads`, :func:`severe_fractions`,
+3. **judge** it against a null (this module): :func:`severe_heads`, :func:`chance_rates` (the rate the
+   same rule gives to a null judged against the other nulls), :func:`severe_fractions`,
    :func:`severe_fraction_ci`, :func:`disruption_forgetting_correlation`.
 
 Notation: ``L`` layers, ``H`` query heads per layer, ``K`` key/value heads (query head ``h`` reads kv head
@@ -85,6 +86,7 @@ __all__ = [
     "ablate_heads",
     "ablation_losses",
     "attention_entropy",
+    "chance_rates",
     "disruption_forgetting_correlation",
     "disruption_scores",
     "head_activity",
@@ -244,6 +246,58 @@ def severe_heads(
     out = pd.concat(rows, ignore_index=True)
     order = ["layer", "head", "kv_head", "metric", "score", "z", "threshold", "p_value", "n_null", "severe"]
     return out[order + [c for c in out.columns if c not in order]]
+
+
+def chance_rates(
+    null_disruption: pd.DataFrame,
+    alpha: float = 0.05,
+    *,
+    by: Literal["layer", "all"] = "layer",
+    metrics: Sequence[str] | None = None,
+    combine: Sequence[str] = COMBINED_METRICS,
+    snapshot: Sequence[str] = ("null",),
+) -> pd.DataFrame:
+    """The rate :func:`severe_heads` flags in noise: each null snapshot judged against the *other* nulls.
+
+    The null snapshots are told apart by the columns ``snapshot`` (default ``null``, the kind; add e.g.
+    ``null_seed`` when a kind has several seeds). For every null snapshot ``k`` of the ``S >= 2``,
+    :func:`severe_heads` judges ``k``'s heads against the nulls other than ``k`` (leave one null out),
+    with the same ``alpha``, ``by``, ``metrics`` and ``combine`` as the observed pair, and::
+
+        rate_k(metric)          = #{heads of k severe on metric} / #{heads}
+        rate_k(metric, layer)   = the same over the heads of one layer
+        null_rate               = mean_k rate_k,   null_rate_max = max_k rate_k
+
+    If the observed pair were itself a draw from the nulls, its severe fraction would be ``null_rate``
+    on average, so ``observed - null_rate`` is the excess over chance. With the two kinds ``continue``
+    and ``reseed`` (one snapshot each) ``continue`` is judged against ``reseed`` and vice versa: the
+    kinds differ in how far they move, so the two rates differ a lot, and ``null_rate`` is their mean.
+
+    Returns:
+        one row per (metric, layer) and per metric with ``layer = -1`` (all heads): ``metric``,
+        ``layer``, ``null_rate``, ``null_rate_max``, ``n_null_snapshots`` (S); an empty frame with
+        those columns when there are fewer than two null snapshots.
+    """
+    columns = ["metric", "layer", "null_rate", "null_rate_max", "n_null_snapshots"]
+    keys = list(snapshot)
+    missing = [c for c in keys if c not in null_disruption]
+    if missing:
+        raise SpecError("snapshot", f"column(s) {', '.join(missing)} not in null_disruption")
+    null_disruption = null_disruption.reset_index(drop=True)  # held-out rows are dropped by label
+    groups = list(null_disruption.groupby(keys, sort=True, dropna=False))
+    if len(groups) < 2:
+        return pd.DataFrame(columns=columns)
+    rates = []
+    for key, held_out in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        others = null_disruption.drop(held_out.index)
+        judged = severe_heads(held_out.drop(columns=keys), others, alpha, by=by, metrics=metrics, combine=combine)
+        per_layer = judged.groupby(["metric", "layer"])["severe"].mean().reset_index()
+        overall = judged.groupby("metric")["severe"].mean().reset_index().assign(layer=-1)
+        rates.append(pd.concat([per_layer, overall], ignore_index=True).assign(_held_out=str(key)))
+    df = pd.concat(rates, ignore_index=True)
+    out = df.groupby(["metric", "layer"], sort=False)["severe"].agg(null_rate="mean", null_rate_max="max").reset_index()
+    return out.assign(n_null_snapshots=len(groups))[columns]
 
 
 def severe_fractions(severe: pd.DataFrame, metric: str = "combined") -> pd.DataFrame:

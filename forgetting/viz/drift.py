@@ -33,11 +33,21 @@ def pair_label(stage: int, new_task: str, old_task: str) -> str:
     return f"stage {int(stage)}: {old_task} while training {new_task}"
 
 
-def drift_table(drift: pd.DataFrame) -> pd.DataFrame:
-    """The drift rows in tidy form, averaged over seeds: one row per (pair, source, layer) with ``cka``
-    (mean), ``drop`` = 1 - cka, ``n_seeds``, ``source`` (observed / continue null / reseed null),
-    ``pair`` (a label) and ``intermediate`` (bool, :func:`intermediate_layers`)."""
+def drift_table(drift: pd.DataFrame, *, readout: str = "mean", debiased: bool = False) -> pd.DataFrame:
+    """The drift rows of one estimator in tidy form, averaged over seeds: one row per (pair, source,
+    layer) with ``cka`` (mean), ``drop`` = 1 - cka, ``n_seeds``, ``source`` (observed / continue null /
+    reseed null), ``pair`` (a label) and ``intermediate`` (bool, :func:`intermediate_layers`).
+
+    The table holds several estimators (columns ``readout`` and ``debiased``); only the rows of
+    ``readout`` (``"mean"`` or ``"last"``) and ``debiased`` are used (the defaults are the rows the
+    table always had: mean over tokens, biased CKA)."""
     _check_analysis_table(drift, "drift", ("layer", "cka", "null", *PAIR_KEYS))
+    if "readout" in drift.columns:
+        drift = drift[drift["readout"] == readout]
+    if "debiased" in drift.columns:
+        drift = drift[drift["debiased"].astype(bool) == debiased]
+    if drift.empty:
+        raise ValueError(f"drift: no rows with readout {readout!r} and debiased={debiased}")
     unknown = sorted(set(drift["null"].fillna("")) - set(SOURCES))
     if unknown:
         raise ValueError(f"drift: unknown null kind(s) {unknown}; allowed: {sorted(SOURCES)}")
@@ -51,11 +61,12 @@ def drift_table(drift: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="null")
 
 
-def drift_summary(drift: pd.DataFrame) -> pd.DataFrame:
+def drift_summary(drift: pd.DataFrame, *, readout: str = "mean", debiased: bool = False) -> pd.DataFrame:
     """Per pair: the mean drop (1 - CKA) over the intermediate layers, observed and under each null,
     ``excess`` = observed drop - the larger null drop, and ``clear_layers``: how many intermediate layers
-    have an observed CKA below both nulls' (the drift stands clear of both), out of ``n_layers``."""
-    table = drift_table(drift)
+    have an observed CKA below both nulls' (the drift stands clear of both), out of ``n_layers``; for the
+    estimator ``readout`` / ``debiased`` (:func:`drift_table`)."""
+    table = drift_table(drift, readout=readout, debiased=debiased)
     mid = table[table["intermediate"]]
     wide = mid.pivot_table(index=["pair", *PAIR_KEYS, "layer"], columns="source", values="cka").reset_index()
     wide.columns.name = None

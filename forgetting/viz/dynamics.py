@@ -19,8 +19,11 @@ SHOWN = ("forgetting", "drift", "grad_cosine", "grad_cosine_attention", "lambda_
 
 def trajectory_table(dynamics: pd.DataFrame) -> pd.DataFrame:
     """Per (measure, step): the mean raw ``value`` over seeds, its ``change`` from step 0 and ``fraction``
-    of the largest absolute change (0 where the measure never moves)."""
+    of the largest absolute change (0 where the measure never moves). Only the forgetting path
+    (``path == "forgetting"`` where that column exists; the learning path is another stage)."""
     df = dynamics[(dynamics["layer"] == -1) & dynamics["measure"].isin(SHOWN)]
+    if "path" in df.columns:
+        df = df[df["path"] == "forgetting"]
     df = df.groupby(["measure", "step"], as_index=False)["value"].mean().sort_values(["measure", "step"])
     first = df.groupby("measure")["value"].transform("first")
     df["change"] = df["value"] - first
@@ -64,11 +67,12 @@ def mechanism_trajectories(dynamics: pd.DataFrame, *, title: str, subtitle: str 
 
 
 def ledger_html(ledger: pd.DataFrame) -> str:
-    """The claims ledger as an HTML table with the verdict cell coloured (green / amber / red)."""
-    colours = {"holds": "#d8f0d8", "holds partly": "#fbeccb", "does not hold": "#f6d5d5"}
-    shown = ledger[["claim", "paper", "measured", "units", "verdict"]].rename(columns={
+    """The claims ledger as an HTML table with the verdict cell coloured (green: holds, amber: holds
+    partly, grey: not supported, red: contradicted) and the outcome of each rule's tests."""
+    colours = {"holds": "#d8f0d8", "holds partly": "#fbeccb", "not supported": "#e6e6e6", "contradicted": "#f6d5d5"}
+    shown = ledger[["claim", "paper", "measured", "units", "primary", "clauses", "verdict"]].rename(columns={
         "claim": "claim", "paper": "the paper says", "measured": "we measured (95 % interval)",
-        "units": "over", "verdict": "verdict"})
+        "units": "interval over", "primary": "primary test", "clauses": "clause tests", "verdict": "verdict"})
     styler = shown.style.hide(axis="index").map(
         lambda v: f"background-color: {colours.get(v, 'transparent')}; font-weight: 600", subset=["verdict"])
     return styler.set_table_attributes('class="claims-ledger"').to_html()

@@ -31,8 +31,15 @@ def test_report_covers_every_stage_and_earlier_task(run_dir):
         if name != "head_severity":
             assert set(zip(table.stage, table.old_task)) == pairs, name
     drift = tables["drift"]
-    assert len(drift) == 3 * 5 and (drift.null == "").all()  # embedding output + 4 blocks
-    assert drift.cka.between(0, 1 + 1e-9).all()
+    # embedding output + 4 blocks, for readout (mean, last) x (biased, debiased)
+    assert len(drift) == 3 * 5 * 4 and (drift.null == "").all()
+    assert (drift.groupby(["readout", "debiased"]).size() == 3 * 5).all()
+    assert not drift.cka.isna().any()
+    assert drift[~drift.debiased].cka.between(0, 1 + 1e-9).all() and drift.cka.between(-1 - 1e-9, 1 + 1e-9).all()
+    # the last prompt token is the same token in every example: the embedding layer is constant there
+    last0 = drift[(drift.readout == "last") & (drift.layer == 0)]
+    assert (last0.cka == 1).all() and last0.note.str.contains("both inputs are constant").all()
+    assert (drift[drift.layer > 0].note == "").all()
     grads = tables["gradients"]
     heads_per_pair = 4 * (8 + 4 + 4 + 8)  # q and o by query head, k and v by key/value head
     assert (grads.unit == "head").sum() == 3 * heads_per_pair
@@ -41,8 +48,11 @@ def test_report_covers_every_stage_and_earlier_task(run_dir):
     assert (null.unit == "head").sum() == 3 * heads_per_pair  # the same units, two halves of the old task
     curvature = tables["curvature"]
     assert list(curvature.snapshot) == ["before", "after"] * 3
-    assert (curvature.lambda_max > 0).all()
-    assert set(tables["heads"].metric) >= {"js_divergence", "entropy_change", "output_similarity", "weight_change"}
+    assert (curvature.lambda_max > 0).all() and (curvature.lambda_min <= curvature.lambda_max).all()
+    assert (curvature.hessian_matvecs <= 8).all()
+    assert set(tables["heads"].metric) >= {"js_divergence", "entropy_change", "output_similarity", "weight_change",
+                                           "ablation_effect_change"}
+    assert (grads.n_per_gradient == 16).all() and (null.n_per_gradient == 8).all()
 
 
 def test_cli_analyze_and_bad_input(run_dir, tmp_path, capsys):
@@ -58,10 +68,11 @@ def test_drift_nulls_are_measured_and_cached(run_dir):
     analyze_run(run_dir, stages=[2], n_examples=16, hessian_iters=4, nulls=True, progress=False)
     drift = load_analysis(run_dir)["drift"]
     assert set(drift.null) == {"", "continue", "reseed"}
-    assert (drift.groupby("null").size() == 5).all()
+    assert (drift.groupby("null").size() == 5 * 4).all()
     assert (run_dir / "nulls").is_dir()
     # the embedding layer of the continue null: the same tokens, weights barely moved
-    assert drift[(drift.null == "continue") & (drift.layer == 0)].cka.item() > 0.9
+    mean_biased = drift[(drift.readout == "mean") & ~drift.debiased]
+    assert mean_biased[(mean_biased.null == "continue") & (mean_biased.layer == 0)].cka.item() > 0.9
 
     heads = load_analysis(run_dir)["heads"]
     assert set(heads.null) == {"", "continue", "reseed"}
@@ -70,6 +81,11 @@ def test_drift_nulls_are_measured_and_cached(run_dir):
     assert len(combined) == 4 * 8  # every query head of the one pair, judged once
     assert ((combined.z > combined.threshold) == combined.severe).all()
     assert combined.p_value.between(0, 1).all()
+    assert (combined.combined_of == "js_divergence+entropy_change+output_similarity+ablation_effect_change").all()
+    # the chance rate: continue judged against reseed and reseed against continue
+    assert (severity.n_null_snapshots == 2).all() and severity.null_rate.between(0, 1).all()
+    assert (severity.null_rate_max >= severity.null_rate).all() and severity.null_rate_layer.between(0, 1).all()
+    assert combined.null_rate.nunique() == 1
 
 
 def test_analysis_for_reuses_matching_tables_and_recomputes_otherwise(run_dir):
@@ -94,7 +110,7 @@ def test_the_report_runs_unchanged_on_moe_and_lora_runs(variant, tmp_path):
     run = run_experiment(spec, tmp_path / "run", progress=False)
     tables = analysis_for(run, n_examples=8, hessian_iters=4, nulls=True, progress=False)
     assert set(tables["drift"].null) == {"", "continue", "reseed"}
-    assert tables["drift"].cka.between(0, 1 + 1e-9).all()
+    assert tables["drift"].cka.between(-1 - 1e-9, 1 + 1e-9).all() and not tables["drift"].cka.isna().any()
     assert (tables["curvature"].lambda_max > 0).all()
     grads = tables["gradients"]
     assert grads.cosine.dropna().between(-1 - 1e-9, 1 + 1e-9).all() and (grads.unit == "head").any()

@@ -158,3 +158,59 @@ def test_drift_is_the_stable_path_of_its_parts() -> None:
             assert name in drift.__all__, name
             assert getattr(drift, name) is getattr(part, name), name
     assert all(hasattr(drift, name) for name in drift.__all__)
+
+
+def _kornblith_feature_cka(X: np.ndarray, Y: np.ndarray, debiased: bool) -> float:
+    """The feature-space linear CKA of Kornblith et al.'s reference notebook (the form Nguyen, Raghu &
+    Kornblith 2021 use for the debiased estimator), written independently of ``ref_cka``."""
+
+    def helper(xty, rows_x, rows_y, norm_x, norm_y, n):
+        return xty - n / (n - 2.0) * rows_x.dot(rows_y) + norm_x * norm_y / ((n - 1) * (n - 2))
+
+    X, Y = X - X.mean(0, keepdims=True), Y - Y.mean(0, keepdims=True)
+    dot = np.linalg.norm(X.T @ Y) ** 2
+    nx, ny = np.linalg.norm(X.T @ X), np.linalg.norm(Y.T @ Y)
+    if debiased:
+        n = X.shape[0]
+        rx, ry = np.einsum("ij,ij->i", X, X), np.einsum("ij,ij->i", Y, Y)
+        sx, sy = rx.sum(), ry.sum()
+        dot = helper(dot, rx, ry, sx, sy, n)
+        nx = np.sqrt(helper(nx**2, rx, rx, sx, sx, n))
+        ny = np.sqrt(helper(ny**2, ry, ry, sy, sy, n))
+    return float(dot / (nx * ny))
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_linear_cka_matches_the_reference_notebook(debiased: bool) -> None:
+    X, Y = related_pair(np.random.default_rng(7), 60, 128, 96)
+    assert linear_cka(X, Y, debiased=debiased) == pytest.approx(_kornblith_feature_cka(X, Y, debiased), rel=1e-9)
+
+
+def test_independent_gaussians_debiased_is_near_zero_biased_is_inflated() -> None:
+    # n = 60 examples < d = 128 features: the drift report's regime
+    biased, debiased = [], []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        X, Y = rng.normal(size=(60, 128)), rng.normal(size=(60, 128))
+        biased.append(linear_cka(X, Y))
+        debiased.append(linear_cka(X, Y, debiased=True))
+    assert 0.6 < np.mean(biased) < 0.75  # about 0.68 for unrelated inputs
+    assert abs(np.mean(debiased)) < 0.03 and max(map(abs, debiased)) < 0.12  # sd about 0.026 per draw
+
+
+def test_cka_by_layer_defines_constant_layers_without_nan() -> None:
+    rng = np.random.default_rng(8)
+    varying = [torch.tensor(rng.normal(size=(10, 3, 4))) for _ in range(2)]
+    constant = torch.ones(10, 3, 4)
+    a = [constant, constant, varying[0]]
+    b = [constant * 2.0, varying[1], varying[1]]
+    for debiased in (False, True):
+        df = cka_by_layer(a, b, debiased=debiased, readout="last", constant="define")
+        assert not df.cka.isna().any()
+        assert df.cka[0] == 1.0 and df.cka[1] == 0.0  # both constant: equal; one constant: nothing shared
+        assert "both inputs are constant" in df.note[0] and "defined as 1" in df.note[0]
+        assert "X is constant" in df.note[1] and "defined as 0" in df.note[1] and df.note[2] == ""
+        plain = cka_by_layer(a, b, debiased=debiased, readout="last")
+        assert plain.cka[:2].isna().all() and plain.cka[2] == pytest.approx(df.cka[2])
+    with pytest.raises(ValueError, match="constant"):
+        cka_by_layer(a, b, constant="zero")

@@ -335,3 +335,33 @@ def test_null_snapshots_and_analysis_of_a_run(tmp_path):
     assert overall == pytest.approx(combined["severe"].mean())
     # the continue null trained the old task itself: its loss went down from the before snapshot
     assert result.null_loss["continue-seed7"] < result.loss_before
+
+
+# --- the chance rate: a null judged against the other nulls ----------------------------------------
+
+
+def test_chance_rate_of_iid_nulls_is_at_most_about_alpha():
+    rng = np.random.default_rng(3)
+    alpha = 0.05
+    nulls = pd.concat([_synthetic(rng, 4, 250, null=f"seed{s}") for s in range(5)], ignore_index=True)
+    rates = heads.chance_rates(nulls, alpha)
+    overall = rates[rates.layer == -1].set_index("metric")
+    assert set(overall.index) == {"js_divergence", "entropy_change", "output_similarity", "ablation_effect_change",
+                                  "weight_change", "combined"}
+    assert (overall.n_null_snapshots == 5).all()
+    # each of the 5 held-out nulls (1000 heads) against 4 others: the rule's own rate, <= alpha up to noise
+    assert overall.null_rate.between(0.02, alpha + 0.02).all(), overall
+    assert (overall.null_rate_max >= overall.null_rate).all()
+    per_layer = rates[rates.layer >= 0]
+    assert sorted(set(per_layer.layer)) == [0, 1, 2, 3] and per_layer.null_rate.between(0, 0.15).all()
+
+
+def test_chance_rate_known_answer_two_nulls_that_differ():
+    rng = np.random.default_rng(4)
+    small = _synthetic(rng, 2, 50).assign(null="continue")
+    large = small.assign(null="reseed", value=np.where(small.metric == "js_divergence", small.value + 0.5, small.value))
+    rates = heads.chance_rates(pd.concat([small, large]), metrics=["js_divergence"], combine=())
+    row = rates[rates.layer == -1].set_index("metric").loc["js_divergence"]
+    # continue judged against reseed: nothing severe; reseed judged against continue: every head severe
+    assert row.null_rate == pytest.approx(0.5) and row.null_rate_max == 1.0 and row.n_null_snapshots == 2
+    assert heads.chance_rates(small, metrics=["js_divergence"], combine=()).empty  # one null: no rate
