@@ -43,7 +43,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     import pandas as pd  # deferred: see the module docstring
 
-    from forgetting.evaluate import METRICS, performance_matrix, summary_table  # deferred
+    from forgetting.evaluate import (  # deferred
+        METRICS,
+        performance_matrix,
+        summary_table,
+    )
     from forgetting.runs import Run  # deferred
 
     run = Run.open(args.dir)
@@ -64,7 +68,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from forgetting import paths  # deferred: see the module docstring
-    from forgetting.models.embedded import RECIPES, cached_dir, embedded_dir, pretrain, shipped_dir  # deferred
+    from forgetting.models.embedded import (  # deferred
+        RECIPES,
+        cached_dir,
+        embedded_dir,
+        pretrain,
+        shipped_dir,
+    )
 
     names = list(RECIPES) if args.model == "all" else [args.model]
     for name in names:
@@ -90,30 +100,46 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from forgetting.publish import make_results  # deferred: see the module docstring
+    from forgetting.ledger import publish_ledger  # deferred: see the module docstring
+    from forgetting.ledger.rules import uncommitted_rules  # deferred
+    from forgetting.publish import make_results  # deferred
 
+    refused = uncommitted_rules()
+    if refused:  # before any work: a ledger is only published under rules committed before its results
+        raise SpecError("ledger rules", f"{refused}; `forgetting results` publishes a ledger only under "
+                        "committed rules")
     for folder in make_results(args.profile, progress=not args.quiet):
         print(f"published {folder}")
+    print(f"published the ledger {publish_ledger(args.profile, progress=not args.quiet)}")
     return 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from forgetting.analysis import analyze_run, load_analysis  # deferred: see the module docstring
+    from forgetting.analysis import (  # deferred: see the module docstring
+        analyze_run,
+        load_analysis,
+    )
     from forgetting.runs import Run  # deferred
 
     Run.open(args.dir)  # not a run folder: a clear error before any work
     out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, nulls=args.nulls, progress=not args.quiet)
     drift = load_analysis(args.dir)["drift"]
+    if {"readout", "debiased"} <= set(drift.columns):  # the ledger's readout: last prompt token, debiased CKA
+        drift = drift[(drift["readout"] == "last") & drift["debiased"].astype(bool)]
     print(f"analysis written to {out}")
     for null, rows in drift.groupby("null"):
         what = "before vs after" if not null else f"before vs the {null} null"
         cka = rows.groupby("layer")["cka"].mean()
-        print(f"mean CKA {what}, by layer: " + ", ".join(f"{layer}: {v:.3f}" for layer, v in cka.items()))
+        print(f"mean debiased CKA (last prompt token) {what}, by layer: " + ", ".join(f"{layer}: {v:.3f}" for layer, v in cka.items()))
     return 0
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from forgetting.tasks import SEQUENCES, make_task, task_names  # deferred: see the module docstring
+    from forgetting.tasks import (  # deferred: see the module docstring
+        SEQUENCES,
+        make_task,
+        task_names,
+    )
 
     print("tasks:")
     for name in task_names():

@@ -23,6 +23,7 @@ import pandas as pd
 
 from forgetting import paths
 from forgetting.analysis import analysis_for
+from forgetting.causal import causal_for
 from forgetting.dynamics import dynamics_for, dynamics_spec
 from forgetting.errors import SpecError
 from forgetting.files import atomic_dir
@@ -30,7 +31,7 @@ from forgetting.profiles import experiment_spec, seeds
 from forgetting.runs import RunLayout, cache_twin, has_weights, run_name
 from forgetting.runs.integrity import read_weights_record, write_weights_record
 from forgetting.runs.layout import TABLE_DIRS, TABLE_FILES
-from forgetting.sweep import pairwise_sweep
+from forgetting.sweep import sweep_table
 from forgetting.train import run_experiment
 
 
@@ -82,18 +83,21 @@ def record_published_weights(results_dir: str | Path | None = None) -> dict[str,
 
 def make_results(profile: str = "full", *, progress: bool = True) -> list[Path]:
     """Run every seed of ``profile`` in the cache (main sequence and dynamics), compute the mechanism
-    report and the dynamics, run the task-similarity sweep (first seed), and publish the tables;
-    returns the published folders. Resumable: runs and tables already in the cache are reused."""
+    report, the causal restoration studies and the dynamics, run the task-similarity sweep over the
+    profile's sweep seeds, and publish the tables; returns the published folders. Resumable: runs and
+    tables already in the cache are reused. (The ledger judged from them is published by
+    :func:`forgetting.ledger.publish_ledger`, which ``forgetting results`` calls next.)"""
     published = []
     for seed in seeds(profile):
         main = experiment_spec(profile, seed=seed)
         folder = run_experiment(main, cache_twin(run_name(main)), progress=progress)
         analysis_for(folder, progress=progress)
+        causal_for(folder, progress=progress)
         published.append(publish_run(folder))
         dyn = dynamics_spec(profile, seed=seed)
         folder = run_experiment(dyn, cache_twin(run_name(dyn)), progress=progress)
         dynamics_for(folder, progress=progress)
         published.append(publish_run(folder))
-    sweep = pairwise_sweep(profile=profile, seed=seeds(profile)[0], progress=progress)
+    sweep = sweep_table(profile, progress=progress)
     published += [publish_run(folder) for folder in sweep["run"] if has_weights(folder)]
     return published

@@ -1,4 +1,4 @@
-"""Training dynamics (mechanisms inside a stage) and the claims ledger's verdict rules."""
+"""Training dynamics (mechanisms inside a stage), the ledger's pair filter, and the ledger refusing to train."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from forgetting import ledger
 from forgetting.dynamics import dynamics_for, dynamics_spec, onset_steps
 from forgetting.errors import SpecError
+from forgetting.ledger.effects import adjacent_pairs
 from tests.conftest import small_spec
 
 
@@ -64,72 +65,6 @@ def test_onset_is_the_first_step_at_half_the_largest_change():
         onset_steps(df, fraction=0)
 
 
-def _gradients(head_cos: float, mlp_cos: float) -> pd.DataFrame:
-    rows = []
-    for stage in (2, 3, 4):
-        rows += [{"unit": "head", "group": "attention", "cosine": head_cos + 0.01 * h, "stage": stage,
-                  "old_task": "a"} for h in range(8)]
-        rows += [{"unit": "matrix", "group": "mlp", "cosine": mlp_cos, "stage": stage, "old_task": "a"}] * 3
-    return pd.DataFrame(rows)
-
-
-@pytest.mark.parametrize(("head_cos", "mlp_cos", "verdict"), [
-    (-0.5, 0.3, "holds"),            # every head conflicts, no MLP matrix does
-    (0.3, -0.3, "does not hold"),    # no head conflicts, MLP does
-    (-0.5, -0.3, "holds partly"),    # heads conflict, but no more than the MLP
-])
-def test_interference_verdicts_follow_the_rule(head_cos, mlp_cos, verdict):
-    row = ledger.interference_row(_gradients(head_cos, mlp_cos))
-    assert row.verdict == verdict
-    assert row.value == (1.0 if head_cos < 0 else 0.0)
-
-
-def _drift(observed: float, cont: float, reseed: float, jitter: float = 0.01) -> pd.DataFrame:
-    rows = []
-    for i, stage in enumerate((2, 3, 4)):
-        for null, drop in (("", observed), ("continue", cont), ("reseed", reseed)):
-            for layer in range(5):
-                mid = layer in (1, 2, 3)  # between the embedding output (0) and the last (4)
-                rows.append({"stage": stage, "old_task": "a", "layer": layer, "null": null,
-                             "cka": 1 - (drop + jitter * i if mid else 0.0)})
-    return pd.DataFrame(rows)
-
-
-@pytest.mark.parametrize(("observed", "cont", "reseed", "verdict"), [
-    (0.40, 0.05, 0.10, "holds"),
-    (0.80, 0.05, 0.10, "holds partly"),     # beyond both nulls, far outside the paper's range
-    (0.40, 0.05, 0.60, "holds partly"),     # beyond continue only
-    (0.03, 0.05, 0.10, "does not hold"),
-])
-def test_drift_verdicts_use_intermediate_layers_and_both_nulls(observed, cont, reseed, verdict):
-    row = ledger.drift_row(_drift(observed, cont, reseed))
-    assert row.verdict == verdict
-    assert row.value == pytest.approx(observed + 0.01, abs=1e-9)  # mean over the three pairs' jitter
-
-
-def test_flattening_and_heads_and_similarity_rules():
-    curv = pd.DataFrame([
-        {"stage": s, "old_task": "a", "snapshot": snap, "lambda_max": lam, "lambda_max_per_loss": lam / loss}
-        for s in (2, 3) for snap, lam, loss in (("before", 100.0 * s, 0.2), ("after", 300.0 * s, 4.0))
-    ])
-    row = ledger.flattening_row(curv)
-    assert row.verdict == "holds partly" and row.value == pytest.approx(np.log(3))
-    severity = pd.DataFrame([
-        {"stage": 2, "old_task": "a", "metric": "combined", "layer": layer, "head": h, "severe": layer == 0 and h < 3}
-        for layer in range(4) for h in range(5)
-    ])
-    row = ledger.heads_row(severity)
-    assert row.value == pytest.approx(3 / 20) and row.verdict == "holds"
-    rng = np.random.default_rng(0)
-    tasks = list("abcdef")
-    pairs = pd.DataFrame([{"task_a": a, "task_b": b, "sim": rng.normal()} for a in tasks for b in tasks if a != b])
-    pairs["forg"] = pairs["sim"] + 0.3 * rng.normal(size=len(pairs))
-    row = ledger.similarity_row(pairs, similarity="sim", forgetting="forg")
-    assert row.value > 0.8 and row.verdict in ("holds", "holds partly")
-    pairs["forg"] = rng.normal(size=len(pairs))
-    assert ledger.similarity_row(pairs, similarity="sim", forgetting="forg").verdict == "does not hold"
-
-
 def test_trajectory_fractions_and_chart_spec():
     from forgetting.viz.dynamics import mechanism_trajectories, trajectory_table
 
@@ -172,12 +107,12 @@ def test_dynamics_checkers_accept_the_answer_and_name_the_slips():
 
 def test_adjacent_pairs_keep_the_task_trained_just_before_each_stage():
     df = pd.DataFrame({"stage": [2, 3, 3, 4, 4, 4], "old_task": ["a", "a", "b", "a", "b", "c"]})
-    kept = ledger.adjacent_pairs(df, ["a", "b", "c", "d"])
+    kept = adjacent_pairs(df, ["a", "b", "c", "d"])
     assert list(zip(kept.stage, kept.old_task)) == [(2, "a"), (3, "b"), (4, "c")]
-    assert ledger.adjacent_pairs(df, None) is df
 
 
-def test_claims_for_stored_only_never_trains_an_unpublished_profile():
+def test_claims_for_stored_only_never_trains_an_unpublished_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETTING_CACHE", str(tmp_path))  # an empty cache: nothing of the quick profile is stored
     with pytest.raises(LookupError, match="make results"):
         ledger.claims_for("quick", stored_only=True, progress=False)  # quick runs are never published
 

@@ -28,6 +28,7 @@ import pandas as pd
 Tables = dict[str, pd.DataFrame]
 PAIR = ["seed", "stage", "old_task"]
 DYNAMICS_MECHANISMS = ("drift", "grad_cosine", "lambda_max", "head_js")
+SEVERE_K = "k=5"  # the head set the rule names: the 5 most disrupted heads against 5 random ones
 
 STATISTICS: dict[str, Callable[[Tables], pd.Series]] = {}
 
@@ -251,10 +252,13 @@ def _recovery(tables: Tables, study: str) -> pd.DataFrame:
 
 @statistic
 def recovery_severe_vs_random_heads(tables: Tables) -> pd.Series:
-    """Recovery from restoring the k most disrupted heads minus the mean over matched random sets of k."""
-    severe = _recovery(tables, "heads_severe").groupby(PAIR)["recovery"].mean()
-    random = _recovery(tables, "heads_random").groupby(PAIR)["recovery"].mean()
-    return severe - random
+    """Recovery from restoring the 5 most disrupted heads minus the mean over random sets of 5 heads in the
+    same layers."""
+    severe, random = _recovery(tables, "heads_severe"), _recovery(tables, "heads_random")
+    severe, random = severe[severe["part"] == SEVERE_K], random[random["part"] == SEVERE_K]
+    if severe.empty or random.empty:
+        raise LookupError(f"table 'causal' has no heads_severe / heads_random rows with part {SEVERE_K!r}")
+    return severe.groupby(PAIR)["recovery"].mean() - random.groupby(PAIR)["recovery"].mean()
 
 
 @statistic

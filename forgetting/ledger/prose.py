@@ -9,7 +9,10 @@ So the book never types such a word: it calls one of these functions, each a sta
   (0.4, 0.6) "about half", [0.6, 1) "most", 1 "all";
 - :func:`agreement_word`: an estimate against a reference: "within X %" when the relative error is at
   most ``tolerance`` (default 10 %), else "off by X %";
-- :func:`verdict_sentence`: a ledger row's verdict as a sentence naming its rule's outcome.
+- :func:`verdict_sentence`: a ledger row's verdict as a sentence naming its rule's outcome;
+- :func:`comparison_word`: two numbers compared with a margin: ``more`` when ``a - b > margin``,
+  ``less`` when ``a - b < -margin``, ``same`` otherwise;
+- :func:`count_text`: ``"k of n"``, with ``"all n"`` and ``"none of the n"`` at the ends.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import math
 from typing import Any
 
 from forgetting.stats.intervals import Interval
-
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -88,3 +90,43 @@ def verdict_sentence(row: Any) -> str:
     """One sentence for a ledger row (a :class:`forgetting.ledger.judge.LedgerRow` or a table row):
     the claim, the verdict and the outcome of its primary test."""
     return f"{row.claim}: {row.verdict} (primary test {row.primary}; clauses: {row.clauses or 'none'})."
+
+
+def comparison_word(a: float, b: float, margin: float = 0.0, *, more: str = "larger than", less: str = "smaller than",
+                    same: str = "about the same as") -> str:
+    """``more`` if ``a - b > margin``, ``less`` if ``a - b < -margin``, ``same`` otherwise (also when
+    either number is not finite)."""
+    if margin < 0:
+        raise ValueError(f"a margin >= 0, got {margin}")
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return same
+    if a - b > margin:
+        return more
+    return less if a - b < -margin else same
+
+
+def count_text(k: int, n: int) -> str:
+    """``"k of n"``; ``"all n"`` when ``k == n`` (n > 1), ``"none of the n"`` when ``k == 0``."""
+    if not 0 <= k <= n:
+        raise ValueError(f"a count 0 <= k <= n, got {k} of {n}")
+    if k == 0:
+        return f"none of the {n}"
+    if k == n and n > 1:
+        return f"all {n}"
+    return f"{k} of {n}"
+
+
+def verdict_counts_text(verdicts: Any) -> str:
+    """How many claims got each verdict, in the order of the four verdicts, e.g. ``"2 hold, 1 holds
+    partly, 3 are not supported and 1 is contradicted"``; verdicts no claim got are left out."""
+    verdicts = list(verdicts)
+    forms = {"holds": ("holds", "hold"), "holds partly": ("holds partly", "hold partly"),
+             "not supported": ("is not supported", "are not supported"),
+             "contradicted": ("is contradicted", "are contradicted")}
+    unknown = sorted(set(verdicts) - set(forms))
+    if unknown:
+        raise ValueError(f"unknown verdict(s) {unknown}; allowed: {', '.join(forms)}")
+    parts = [f"{n} {forms[v][n != 1]}" for v in forms if (n := verdicts.count(v))]
+    if not parts:
+        return "no claim was judged"
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"

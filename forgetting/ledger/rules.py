@@ -173,9 +173,9 @@ def uncommitted_rules(path: str | Path | None = None) -> str | None:
     path = Path(path) if path is not None else rules_path()
     try:
         tracked = subprocess.run(["git", "ls-files", "--error-unmatch", path.name], cwd=path.parent,
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, check=False)
         changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", path.name], cwd=path.parent,
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, check=False)
     except OSError as error:
         return f"git is not available to check {path} ({error})"
     if tracked.returncode != 0:

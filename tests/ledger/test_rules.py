@@ -5,6 +5,7 @@ problem, and the hash follows the bytes."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -152,7 +153,7 @@ def test_bad_rule_file_names_every_problem(tmp_path):
 
 def test_hash_follows_the_bytes(tmp_path):
     copy = tmp_path / "r.yaml"
-    copy.write_bytes(load_rules().source and open(RULES.source, "rb").read())
+    copy.write_bytes(Path(RULES.source).read_bytes())
     assert file_digest(copy) == RULES.digest
     copy.write_bytes(copy.read_bytes() + b"\n# edited\n")
     assert file_digest(copy) != RULES.digest
