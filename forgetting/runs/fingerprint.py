@@ -4,11 +4,16 @@ the current code would not produce.
 A fingerprint hashes the *syntax trees* of a set of package modules with their docstrings removed
 (:func:`code_only`; comments are not in the tree), so editing a docstring or a comment keeps cached
 runs and tables, while any change to what the code does invalidates them.
+
+A process computes each fingerprint once, at its first use, and keeps it: the code a process runs is
+the code it imported, so a package file edited while a long-lived process (a notebook kernel, a
+``make results``) is running must not relabel that process's results with the new code's fingerprint.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 
 from forgetting import paths
@@ -29,6 +34,7 @@ def code_only(source: str) -> str:
     return ast.dump(tree)
 
 
+@functools.cache
 def code_fingerprint(entries: tuple[str, ...] = RUN_CODE) -> str:
     """Short sha256 (8 hex digits) of the code of the package modules or folders ``entries`` (paths
     relative to the package; default :data:`RUN_CODE`), docstrings and comments excluded."""
