@@ -19,8 +19,10 @@ A measure says what it keeps of one snapshot and how it turns that into tables a
   of the old task's examples at a snapshot of the old task's *own* training (the curvature: ``old_loss``,
   ``lambda_max``, ``lambda_min``), to compare the forgetting path with at matched loss;
 - ``chart``: ``"module:function"`` in :mod:`forgetting.viz` that draws the measure's report tables,
-  called with them in the order of ``tables`` (:func:`forgetting.viz.measures.measure_chart`); ``claim``: the :mod:`forgetting.ledger` row function that
-  judges the paper's claim from ``claim_table``.
+  called with them in the order of ``tables`` (:func:`forgetting.viz.measures.measure_chart`); ``claim``: the id of the rule in ``data/ledger_rules.yaml``
+  that judges the paper's claim (:mod:`forgetting.ledger.rules`), whose statistics read ``claim_table``
+  first (a new claim adds a rule and registers its statistics with
+  :func:`forgetting.ledger.effects.statistic`).
 
 The four built-in measures are registered at the bottom of this module, in the order the ledger lists
 their claims. What their tables hold beyond :mod:`forgetting.analysis.report`'s description (every
@@ -88,7 +90,7 @@ class Measure:
     trace: Callable[[Any, Any, Probe], tuple[dict[str, float], list[tuple[str, int, float]]]] | None = None
     learning: Callable[[Any], dict[str, float]] | None = None
     chart: str | None = None
-    claim: str | Callable[[pd.DataFrame, list[str] | None], Any] | None = None
+    claim: str | None = None
     claim_table: str | None = None
 
 
@@ -238,21 +240,21 @@ def _heads_trace(start: Any, now: Any, probe: Probe) -> tuple[dict[str, float], 
 
 register(Measure(
     name="gradients", tables=("gradients", "gradient_null"), at_start=_gradients_at_start, trace=_gradients_trace,
-    chart="gradients:matrix_alignment_chart", claim="interference_row", claim_table="gradients",
+    chart="gradients:matrix_alignment_chart", claim="interference", claim_table="gradients",
 ))
 register(Measure(
     name="drift", tables=("drift",), nulls=True, trace=_drift_trace, chart="drift:cka_layer_chart",
     record=lambda p: hidden_states(p.model, p.examples, p.batch_size), report=_drift_report,
-    claim="drift_row", claim_table="drift",
+    claim="drift", claim_table="drift",
 ))
 register(Measure(
     name="curvature", tables=("curvature",), report=_curvature_report, trace=_curvature_trace,
     record=lambda p: top_eigenvalue(p.model, p.examples, p.hessian_iters), chart="landscape:curvature_change",
     learning=_curvature_learning,
-    claim="flattening_row", claim_table="curvature",
+    claim="flattening", claim_table="curvature",
 ))
 register(Measure(
     name="heads", tables=("heads", "head_severity"), nulls=True, derive=_head_severity, trace=_heads_trace,
     record=lambda p: head_activity(p.model, p.examples, batch_size=p.batch_size, ablation=p.head_ablation),
-    report=_heads_report, chart="heads:report_heatmap", claim="heads_row", claim_table="head_severity",
+    report=_heads_report, chart="heads:report_heatmap", claim="heads", claim_table="head_severity",
 ))
