@@ -187,13 +187,15 @@ def sweep_table(profile: str = "quick", *, model: str | None = None, progress: b
     _check_task_names(names)
     jobs = [(a, b, seed, sweep_spec(a, b, profile=profile, model=model, seed=seed))
             for seed in settings["seeds"] for a, b in itertools.permutations(names, 2)]
-    if stored_only:
-        missing = [f"{a}->{b} (seed {s})" for a, b, s, spec in jobs if not RunLayout(result_dir(spec)).state.is_file()]
-        if missing:
-            raise LookupError(f"profile {profile!r}: {len(missing)} of {len(jobs)} sweep pairs are not stored "
-                              f"(make results): {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
-    rows = [_pair_row(run_cached(spec, progress=False), a, b)
-            for a, b, _, spec in tqdm(jobs, desc="sweep pairs", disable=not progress or paths.quiet())]
+    folders = [result_dir(spec) for *_, spec in jobs]  # once per pair: each name hashes the run code
+    stored = [RunLayout(folder).state.is_file() for folder in folders]
+    missing = [f"{a}->{b} (seed {s})" for (a, b, s, _), ok in zip(jobs, stored) if not ok]
+    if stored_only and missing:
+        raise LookupError(f"profile {profile!r}: {len(missing)} of {len(jobs)} sweep pairs are not stored "
+                          f"(make results): {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+    rows = [_pair_row(folder if ok else run_cached(spec, progress=False), a, b)
+            for (a, b, _, spec), folder, ok in tqdm(list(zip(jobs, folders, stored)), desc="sweep pairs",
+                                                     disable=not progress or paths.quiet())]
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 
