@@ -157,8 +157,18 @@ def _names(labels: list[str]) -> str:
     return ", ".join(labels[:SHOWN]) + more
 
 
-def _setting(m: dict) -> str:
-    return f"torch {m.get('torch')}, {m.get('torch_threads')} thread(s), {m.get('cpu')} ({m.get('cpu_capability')})"
+def _setting(m: dict, trained: dict) -> str:
+    """The machine ``m`` in words, with the thread count the weights were trained with (``trained``, the
+    run's training provenance) where known."""
+    threads = trained.get("torch_threads", m.get("torch_threads"))
+    cpu = f"{m['cpu']} ({m.get('cpu_capability')})" if "cpu" in m else "CPU not recorded"
+    return f"torch {m.get('torch', trained.get('torch'))}, trained with {threads} thread(s), {cpu}"
+
+
+def _manifest(folder: Path) -> dict:
+    """The training provenance of a run folder (its manifest), empty without one."""
+    file = RunLayout(folder).manifest
+    return read_json(file) if file.is_file() else {}
 
 
 def _eval_changes(tables_dir: Path, weights_dir: Path) -> pd.DataFrame | None:
@@ -227,17 +237,17 @@ def check_pairing(tables_dir: str | Path, weights_dir: str | Path) -> Path:
         return weights_dir
     if not differ:
         return weights_dir
-    where = (record or {}).get("machine", {})
+    where, trained = (record or {}).get("machine", {}), (record or {}).get("trained") or _manifest(tables_dir)
     gap = "" if changes is None else (
         f" Their stage-end eval losses differ by up to {changes['loss_gap'].max():.4g} nats"
         f" (stage {int(changes['loss_gap'].idxmax())}).")
     raise WeightsMismatch(
         f"{tables_dir}: its tables were computed from other weights than those re-trained into {weights_dir}:"
-        f" {how}.{gap}" + (f" Published from: {_setting(where)};" if where else "")
-        + f" here: {_setting(machine())}. Tables computed from these weights would be paired with"
-        " evaluations of other weights. Either re-run `make results` on this machine to publish every"
-        " table from these weights, or read only the stored tables (stored_only=True), or re-train where"
-        " the tables were published."
+        f" {how}.{gap} Published from: {_setting(where, trained)};"
+        f" here: {_setting(machine(), _manifest(weights_dir))}."
+        " Tables computed from these weights would be paired with evaluations of other weights. Either"
+        " re-run `make results` on this machine to publish every table from these weights, or read only"
+        " the stored tables (stored_only=True), or re-train where the tables were published."
     )
 
 

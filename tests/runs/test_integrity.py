@@ -107,6 +107,7 @@ def test_a_changed_checksum_is_refused_naming_the_snapshot_and_what_to_do(publis
     assert "1 of 5 snapshots differ (stage02-update_city)" in message
     assert "computed from other weights" in message and "make results" in message and "stored_only=True" in message
     assert "up to 0 nats" in message  # the evaluations agree: only the checksum was changed
+    assert f"Published from: torch {torch.__version__}, trained with 1 thread(s), {machine()['cpu']}" in message
 
 
 def test_a_missing_snapshot_counts_as_different(published):
@@ -159,6 +160,7 @@ def test_an_older_copy_without_a_record_is_judged_by_its_evaluations(published):
         check_pairing(published, twin)
     assert "no weights.json" in str(err.value) and "after 1 of 3 stages" in str(err.value)
     assert "snapshots stage02-update_city differ" in str(err.value) and "up to 0.25 nats (stage 2)" in str(err.value)
+    assert "trained with 1 thread(s), CPU not recorded" in str(err.value)  # from the copy's manifest
     (published / "evals.parquet").unlink()
     with pytest.warns(UnverifiedWeights, match="unchecked"):
         assert check_pairing(published, twin) == twin
