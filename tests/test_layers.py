@@ -20,7 +20,8 @@ MAX_LINES = 500
 #: Strings that spell the inside of a run folder (forgetting/runs/layout.py and snapshots.py own them).
 LAYOUT_STRINGS = ('/ "snapshots"', '/ "nulls"', '/ "analysis"', '"state.json"', '"meta.json"', '"manifest.json"',
                   '"evals.parquet"', '"train_log.parquet"', '"reference.parquet"', '"weights.safetensors"',
-                  '"dynamics.parquet"', 'alignment_n', "stage00-base", 'f"stage01-')
+                  '"dynamics.parquet"', '"weights.json"', '"causal.parquet"', 'alignment_n', "stage00-base",
+                  'f"stage01-')
 
 
 def _modules() -> list[Path]:
