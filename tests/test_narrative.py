@@ -102,7 +102,7 @@ def _check_gradients(rng) -> list[dict[str, str]]:
     noisy = pairs[pairs["null_all"] < ng.NOISY_NULL]
     sentence = words["noisy_sentence"]
     if len(noisy):
-        assert sentence.startswith("For the pair(s) ") and all(p in sentence for p in noisy["pair"])
+        assert sentence.startswith("For ") and all(f"{p} (" in sentence for p in noisy["pair"])
         assert not any(p in sentence for p in pairs.loc[pairs["null_all"] >= ng.NOISY_NULL, "pair"])
     else:
         assert sentence.startswith("Every pair's whole-model null is at least")
@@ -467,6 +467,7 @@ def _check_heads(rng) -> list[dict[str, str]]:
     if sharp.early_rise > 0:
         assert re.search(rf"\b{sharp.old_task}\b", mw["early_sentence"]) and "sharpest early forgetting" in mw["early_sentence"]
         assert "first 25 steps" in mw["early_sentence"]
+        assert (" loses " in mw["early_sentence"]) == (sharp.total_rise >= sharp.early_rise)  # never above 100 %
     assert ("yet only" in mw["early_sentence"]) == (sharp.severe_fraction <= nh.NOISE_LEVEL)
     assert ("almost no head disrupted" in mw["meaning_timing"]) == (sharp.severe_fraction <= nh.NOISE_LEVEL)
     includes = rho.ci_low <= 0 <= rho.ci_high

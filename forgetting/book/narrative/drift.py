@@ -123,7 +123,7 @@ def layer_words(by_layer: pd.DataFrame, summary: pd.DataFrame, middle) -> dict[s
         "null_trend": "but the nulls grow with depth too" if grows else "while the nulls do not grow with depth",
         "null_trend_end": ("deeper layers move more under any training" if grows
                            else "the depth profile of the drop is not the nulls'"),
-        "peak_sentence": (f"Here it is {where} (layer {peak})" + (f"; with {last} blocks the two are hardly apart."
+        "peak_sentence": (f"Here the peak is {where}" + (f"; with {last} blocks the two are hardly apart."
                                                                   if last <= 6 else ".")),
     }
 

@@ -66,10 +66,10 @@ def pair_words(pairs: pd.DataFrame, heads: pd.DataFrame) -> dict[str, str]:
     words["first_layer_sentence"] = _layer_sentence(by_layer)
     noisy = pairs[pairs["null_all"] < NOISY_NULL]
     if len(noisy):
+        named = listing((f"{p} ({num(v)})" for p, v in zip(noisy["pair"], noisy["null_all"])), "; ")
         words["noisy_sentence"] = (
-            f"For the pair(s) {listing(noisy['pair'])} the whole-model null is only "
-            f"{listing(num(v) for v in noisy['null_all'])} (below {NOISY_NULL:g}): the old task's gradient is "
-            "mostly noise there, and the cosines of such a pair say little either way.")
+            f"For {named} the whole-model null is below {NOISY_NULL:g}: the old task's gradient is mostly noise "
+            "there, and the cosines of such a pair say little either way.")
     else:
         low = pairs.loc[pairs["null_all"].idxmin()]
         words["noisy_sentence"] = (
@@ -159,7 +159,7 @@ def _small_t_sentence(segment: pd.DataFrame) -> str:
                      else f", but off by up to {pct(worst[t])} at t = {t:g}")
         return text + ". The gradient at the start tells how the old task's loss begins to move."
     n = len(errs[t_min])
-    parts = [f"{count_text(int((e <= TOLERANCE).sum()), n)} pairs at t = {t:g} (the worst off by {pct(worst[t])})"
+    parts = [f"{count_text(int((e <= TOLERANCE).sum()), n)} pairs at t = {t:g} (the worst is off by {pct(worst[t])})"
              for t, e in errs.items()]
     at = segment[np.isclose(segment["t"], t_min)].set_index("pair")
     bad = errs[t_min].idxmax()

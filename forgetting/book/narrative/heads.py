@@ -107,7 +107,7 @@ def threshold_words(curves: pd.DataFrame) -> dict[str, str]:
         grid = first["threshold"].iloc[(first["threshold"] - t).abs().argmin()]
         row = first[first["threshold"] == grid].set_index("source")["fraction"]
         nulls = row.drop("observed")
-        share = (min(1.0, float(nulls.max()) / float(row["observed"])) if row["observed"] > 0 else math.nan)
+        share = float(nulls.max()) / float(row["observed"]) if row["observed"] > 0 else math.nan  # may exceed 1
         text = " and ".join(f"{pct(row[s])} ({s.split(': ')[1]})" for s in nulls.index)
         return float(row["observed"]), text, share
 
@@ -124,11 +124,11 @@ def threshold_words(curves: pd.DataFrame) -> dict[str, str]:
     if math.isnan(share_cut):
         curves_sentence = "At that threshold no real head is counted, so the comparison with the nulls says nothing."
     else:
-        close = share_word(share_cut) in ("most", "all") and share_word(share_half if math.isfinite(share_half)
-                                                                         else 0.0) in ("most", "all")
+        capped = lambda x: min(1.0, x) if math.isfinite(x) else 0.0
+        close = share_word(capped(share_cut)) in ("most", "all") and share_word(capped(share_half)) in ("most", "all")
         curves_sentence = ((("The curves run close together: " if close else "")
                             + f"at that threshold the nulls reach {pct(share_cut)} of the real stage's fraction, so "
-                            f"{share_word(share_cut)} of what a fixed threshold counts is the movement that any "
+                            f"{share_word(capped(share_cut))} of what a fixed threshold counts is the movement that any "
                             "training causes") + (", and only the gap between the red curve and the others is the new "
                                                   "task's doing." if share_cut < 1 else
                                                   "; the red curve does not rise above the others there."))
@@ -157,13 +157,13 @@ def timing_words(timing: pd.DataFrame, rho: Any, steps_per_task: int) -> dict[st
     if sharp["early_rise"] <= 0:
         early = (f"No pair's loss rises at the first evaluation of its stage (the largest change is "
                  f"{sharp['early_rise']:+.2f} nats per token, for {sharp['old_task']} in stage {int(sharp['stage'])})")
-    elif sharp["total_rise"] > 0:
+    elif sharp["total_rise"] >= sharp["early_rise"]:
         early = (f"{head} loses {pct(sharp['early_rise'] / sharp['total_rise'])} of its total loss rise "
                  f"({num(sharp['early_rise'])} of {num(sharp['total_rise'])} nats per token) in the first {steps} "
                  "steps, the sharpest early forgetting of the run")
     else:
         early = (f"{head}'s loss rises by {num(sharp['early_rise'])} nats per token in the first {steps} steps, the "
-                 f"sharpest early forgetting of the run (over the whole stage it changes by {sharp['total_rise']:+.2f})")
+                 f"sharpest early forgetting of the run, more than over the whole stage ({sharp['total_rise']:+.2f})")
     low = sharp["severe_fraction"] <= NOISE_LEVEL
     early += (f", yet only {pct(sharp['severe_fraction'])} of its heads are severe (noise alone would flag about 5 %)."
               if low else f", and {pct(sharp['severe_fraction'])} of its heads are severe.")
