@@ -168,8 +168,10 @@ def matched_loss(dynamics: pd.DataFrame, *, by: tuple[str, ...] = ("seed",)) -> 
     the learning path's last point, ``d = 0`` by construction) of ``log lambda_max - ell(L_A)``, where
     ``ell`` interpolates the learning path's ``log lambda_max`` at the same ``L_A``
     (:func:`forgetting.mechanisms.matched_loss.matched_loss_curvature`, points outside the loss range
-    both paths cover are left out); ``n_matched``, ``n_points``, ``loss_low``, ``loss_high``.
-    ``value < 0``: flatter after forgetting than while learning, at the same loss.
+    both paths cover are left out); ``n_matched``, ``n_points``, ``loss_low``, ``loss_high`` and
+    ``max_bracket`` (the widest loss interval of the learning path interpolated across: the loss falls
+    fast early in stage 1, so at snapshot resolution the learning path can jump over most of the
+    forgetting path's losses). ``value < 0``: flatter after forgetting than while learning, at the same loss.
     """
     if "path" not in dynamics.columns or not (dynamics["path"] == "learning").any():
         raise SpecError("dynamics", "no learning-path rows (path == 'learning'); recompute the dynamics")

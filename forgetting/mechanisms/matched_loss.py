@@ -48,7 +48,8 @@ def matched_loss_curvature(learning_loss, learning_lambda, forgetting_loss, forg
     Returns:
         one row per forgetting point, in the given order: ``loss``, ``lambda_max``, ``log_lambda``,
         ``log_lambda_learning`` (``ell(L_i)``, NaN where not matched), ``difference`` (``d_i``, NaN where
-        not matched), ``matched`` (bool).
+        not matched), ``matched`` (bool), ``bracket`` (the loss width ``l_{j+1} - l_j`` of the learning
+        path's interval that ``L_i`` is interpolated in: a wide one means a coarse learning path there).
 
     Raises:
         ValueError: mismatched lengths, non-finite values, or fewer than two learning points with
@@ -65,14 +66,17 @@ def matched_loss_curvature(learning_loss, learning_lambda, forgetting_loss, forg
         log_f = np.where(lam_f > 0, np.log(np.where(lam_f > 0, lam_f, 1.0)), np.nan)
     matched = (fl >= x[0]) & (fl <= x[-1]) & np.isfinite(log_f)
     reference = np.where(matched, np.interp(fl, x, y), np.nan)
+    right = np.clip(np.searchsorted(x, fl, side="left"), 1, len(x) - 1)
+    bracket = np.where(matched, x[right] - x[right - 1], np.nan)
     return pd.DataFrame({"loss": fl, "lambda_max": lam_f, "log_lambda": log_f, "log_lambda_learning": reference,
-                         "difference": log_f - reference, "matched": matched})
+                         "difference": log_f - reference, "matched": matched, "bracket": bracket})
 
 
 def matched_loss_summary(points: pd.DataFrame) -> dict:
     """``D`` = the mean ``difference`` over the matched points of :func:`matched_loss_curvature`, with
-    ``n_matched``, ``n_points`` and the matched loss range ``loss_low``, ``loss_high`` (NaN when none)."""
+    ``n_matched``, ``n_points``, the matched loss range ``loss_low``, ``loss_high`` and ``max_bracket``,
+    the widest learning-path interval used (NaN when none)."""
     m = points[points["matched"]]
-    return {"value": float(m["difference"].mean()) if len(m) else float("nan"), "n_matched": len(m),
+    return {"max_bracket": float(m["bracket"].max()) if len(m) else float("nan"), "value": float(m["difference"].mean()) if len(m) else float("nan"), "n_matched": len(m),
             "n_points": len(points), "loss_low": float(m["loss"].min()) if len(m) else float("nan"),
             "loss_high": float(m["loss"].max()) if len(m) else float("nan")}

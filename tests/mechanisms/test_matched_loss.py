@@ -21,9 +21,12 @@ def test_a_constant_log_offset_is_recovered_at_every_matched_loss():
     assert list(points.matched) == [False, True, True, True, False]
     assert points.difference[points.matched].to_numpy() == pytest.approx([-0.3] * 3, abs=1e-12)
     assert points.difference[~points.matched].isna().all()
+    # learning losses sorted: 0.2, 0.5, 1.0, 2.5, 4.0; 0.3 lies in [0.2, 0.5], 1.7 in [1.0, 2.5], 3.9 in [2.5, 4.0]
+    assert points.bracket[points.matched].to_numpy() == pytest.approx([0.3, 1.5, 1.5])
     summary = matched_loss_summary(points)
     assert summary["value"] == pytest.approx(-0.3, abs=1e-12)
     assert (summary["n_matched"], summary["n_points"], summary["loss_low"], summary["loss_high"]) == (3, 5, 0.3, 3.9)
+    assert summary["max_bracket"] == pytest.approx(1.5)
 
 
 def test_interpolation_is_piecewise_linear_in_log_lambda():
