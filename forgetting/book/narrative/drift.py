@@ -106,8 +106,8 @@ def layer_words(by_layer: pd.DataFrame, summary: pd.DataFrame, middle) -> dict[s
     null_first, null_last = float(by_layer["null_drop"].iloc[1]), float(by_layer["null_drop"].iloc[-1])
     grows = null_last - null_first > DEPTH_MARGIN
     peak = int(by_layer["excess"].idxmax())
-    where = ("an intermediate layer" if peak in set(middle) else "the last block's output" if peak == last
-             else "the embedding output")
+    where = ("in an intermediate layer" if peak in set(middle) else "at the last block's output" if peak == last
+             else "at the embedding output")
     null, drop = float(_null_max(summary).mean()), float(summary["drop"].mean())
     share = max(0.0, min(1.0, null / drop)) if drop > 0 else 1.0
     meaning = (f"Of that drop, {share_word(share)} ({pct(share)}) is what training does anyway: continuing the "
