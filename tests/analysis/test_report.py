@@ -57,7 +57,7 @@ def test_report_covers_every_stage_and_earlier_task(run_dir):
 
 def test_cli_analyze_and_bad_input(run_dir, tmp_path, capsys):
     assert main(["analyze", str(run_dir), "--stages", "2", "--examples", "8", "--quiet"]) == 0
-    assert "mean CKA before vs after, by layer" in capsys.readouterr().out
+    assert "CKA (last prompt token) before vs after, by layer" in capsys.readouterr().out
     assert main(["analyze", str(run_dir), "--stages", "1"]) == 2
     assert "--stages: [1] not analysable; allowed: 2..3" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path)]) == 2
