@@ -14,6 +14,7 @@ names the rules' hash and the run folders the tables came from.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -89,7 +90,10 @@ def sweep_intervals(profile: str, *, model: str | None, progress: bool, stored_o
     tasks = sorted(set(sweep["task_a"]) | set(sweep["task_b"]))
     model_name = model or experiment_spec(profile).model
     similarity = similarity_matrix(model_name, tasks, measures=("fisher", "gradient"))
-    tests = similarity_tests(sweep, similarity)
+    with warnings.catch_warnings(record=True) as caught:  # kept with the table, not printed into a chapter
+        warnings.simplefilter("always")
+        tests = similarity_tests(sweep, similarity)
+    tests.attrs["warnings"] = sorted({str(w.message) for w in caught})
     primaries = tests[tests["primary"]].set_index("claim")
     out: dict = {"tests": tests}
     for claim, name in (("5", "similarity_r"), ("5b", "alignment_r")):

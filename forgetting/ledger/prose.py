@@ -28,15 +28,15 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 
 def interval_text(label: str, interval: Interval, digits: int = 2) -> str:
-    """``"<label>: mean [low, high]"``, or ``"<label>: mean (one unit: no interval)"``."""
+    """``"<label>: mean [low, high]"``, or ``"<label>: mean (one value: no interval)"``."""
     if interval.defined:
         return f"{label}: {_fmt(interval.mean, digits)} [{_fmt(interval.low, digits)}, {_fmt(interval.high, digits)}]"
-    return f"{label}: {_fmt(interval.mean, digits)} (one {interval.unit.rstrip('s')}: no interval)"
+    return f"{label}: {_fmt(interval.mean, digits)} (one value: no interval)"
 
 
 def units_text(interval: Interval) -> str:
     """What the interval is over, e.g. ``"5 seeds (15 pairs)"`` or ``"3 pairs of one seed"``."""
-    if interval.unit.startswith(("pairs of one", "runs of one")):
+    if interval.unit.startswith(("pairs of one", "runs of one")) or interval.unit.endswith("(one value)"):
         return f"{interval.n} {interval.unit}"
     extra = f" ({interval.n_values} adjacent pairs)" if interval.n_values != interval.n else ""
     return f"{interval.n} {interval.unit}{extra}"

@@ -12,7 +12,8 @@ independent units::
     interval = [mean - half, mean + half]
 
 With one seed there is no seed-level spread: the interval is then over that seed's units (the pairs),
-and :attr:`Interval.unit` says so. With a single value the interval is ``(nan, nan)``.
+and :attr:`Interval.unit` says so. With a single value the interval is ``(nan, nan)`` and the unit
+says "one value".
 """
 
 from __future__ import annotations
@@ -78,4 +79,6 @@ def clustered_interval(values: pd.Series | np.ndarray, clusters: Any, *, ci: flo
         mean, low, high = t_interval(means, ci)
         return Interval(mean, low, high, int(means.size), int(v.size), unit)
     mean, low, high = t_interval(v, ci)
+    if v.size == 1:
+        return Interval(mean, low, high, 1, 1, f"{unit.rstrip('s')} (one value)")
     return Interval(mean, low, high, int(v.size), int(v.size), f"{within} of one {unit.rstrip('s')}")
