@@ -220,7 +220,8 @@ def _head_severity(tables: Tables) -> Tables:
         null = group[group["null"] != ""].drop(columns=["stage", "new_task", "old_task"])
         combine = [m for m in COMBINED_METRICS if m in set(observed["metric"])]
         severity = severe_heads(observed, null, combine=combine)
-        chance = chance_rates(null, combine=combine)
+        # one null snapshot = one kind (and seed, once the report keeps a null_seed column)
+        chance = chance_rates(null, combine=combine, snapshot=[c for c in ("null", "null_seed") if c in null.columns])
         if chance.empty:  # fewer than two null snapshots: no chance rate
             severity = severity.assign(null_rate=float("nan"), null_rate_max=float("nan"), n_null_snapshots=len(set(null["null"])),
                                        null_rate_layer=float("nan"))
