@@ -216,14 +216,15 @@ def _head_severity(tables: Tables) -> Tables:
         return {"head_severity": pd.DataFrame()}
     parts = []
     for (stage, new_task, old_task), group in heads.groupby(["stage", "new_task", "old_task"], sort=True):
-        observed = group[group["null"] == ""].drop(columns=["stage", "new_task", "old_task", "null"])
+        observed = group[group["null"] == ""].drop(columns=["stage", "new_task", "old_task", "null", "null_seed"],
+                                                   errors="ignore")
         null = group[group["null"] != ""].drop(columns=["stage", "new_task", "old_task"])
         combine = [m for m in COMBINED_METRICS if m in set(observed["metric"])]
         severity = severe_heads(observed, null, combine=combine)
-        # one null snapshot = one kind (and seed, once the report keeps a null_seed column)
+        # one null snapshot = one (kind, seed): the report keeps two seeds of each kind
         chance = chance_rates(null, combine=combine, snapshot=[c for c in ("null", "null_seed") if c in null.columns])
         if chance.empty:  # fewer than two null snapshots: no chance rate
-            severity = severity.assign(null_rate=float("nan"), null_rate_max=float("nan"), n_null_snapshots=len(set(null["null"])),
+            severity = severity.assign(null_rate=float("nan"), null_rate_max=float("nan"), n_null_snapshots=len(null.groupby([c for c in ("null", "null_seed") if c in null.columns])),
                                        null_rate_layer=float("nan"))
         else:
             overall = chance[chance["layer"] == -1].drop(columns="layer")

@@ -9,7 +9,9 @@ earlier task ``j``, on ``j``'s eval examples, between the snapshot before stage 
   over the example's tokens), before vs after (:func:`forgetting.mechanisms.drift.cka_by_layer`).
   With ``nulls=True``, also before vs two nulls (a drift counts only where it stands clear of both), column ``null``: ``continue`` (task ``i-1`` trained further for as many steps as task
   ``i`` got) and ``reseed`` (task ``i-1`` re-trained from the same start with another seed); made and
-  cached by :func:`forgetting.nulls.null_snapshots`. The observed rows have ``null = ""``.
+  cached by :func:`forgetting.nulls.null_snapshots`; :data:`NULL_SEEDS` of each kind, told apart by
+  ``null_seed``. The observed rows have ``null = ""``. Rows for ``readout`` (``mean`` over the prompt's
+  tokens, ``last`` prompt token) x ``debiased`` (biased and debiased CKA) sit side by side.
 - ``gradients.parquet``: alignment of task ``j``'s loss gradient with task ``i``'s, at the snapshot
   before stage ``i``, per matrix, head, layer and for the whole model
   (:func:`forgetting.mechanisms.gradients.task_alignment`); cosine < 0 is a conflict.
@@ -17,15 +19,18 @@ earlier task ``j``, on ``j``'s eval examples, between the snapshot before stage 
   disjoint halves of task ``j``'s own examples at the same snapshot
   (:func:`forgetting.mechanisms.gradients.split_half_null`): an old-vs-new cosine in a unit whose
   split-half cosine is near 0 cannot be read.
-- ``curvature.parquet``: the top Hessian eigenvalue of task ``j``'s loss (all trainable weights,
-  Lanczos) before and after, next to the loss itself: curvature rises with the loss,
-  so ``lambda_max / loss`` is reported too.
+- ``curvature.parquet``: the top and the most negative Hessian eigenvalue (``lambda_max``,
+  ``lambda_min``) of task ``j``'s loss (all trainable weights, one Lanczos run) before and after, next
+  to the loss itself: curvature rises with the loss, so ``lambda_max / loss`` is reported too.
 - ``heads.parquet``: per-head disruption before vs after (attention JS divergence, entropy change,
   output similarity, weight change; :func:`forgetting.mechanisms.heads.head_disruption`), column
   ``null`` as in ``drift`` (with ``nulls=True`` the same measures between before and each null).
 - ``head_severity.parquet`` (with ``nulls=True``; empty otherwise): every head judged against the null
   heads by :func:`forgetting.mechanisms.heads.severe_heads` (alpha 0.05, standardised per layer): a
   head is severe only where it moved more than the continue and the reseed null both let heads move.
+  The combined score includes the ablation effect (``ablation_effect_*`` metric rows of ``heads``);
+  ``null_rate`` is the chance rate: the fraction the same rule finds when one null snapshot is judged
+  against the others.
 
 Every table carries ``stage`` (the stage whose training is analysed), ``new_task`` and ``old_task``.
 The tables are those of the registered measures (:mod:`forgetting.measures`), in registration order:
@@ -50,6 +55,9 @@ from forgetting.train import with_weights
 # The modules whose code determines the analysis tables (besides the run itself): a change in any
 # of them makes :func:`analysis_for` recompute instead of reusing stored tables.
 ANALYSIS_CODE = ("analysis/report.py", "measures.py", "mechanisms", "nulls.py")
+#: Null snapshots per kind and pair: with two of each, the chance rate of a rule judges one null snapshot
+#: against three others of both kinds, as the observed pair is judged against all four.
+NULL_SEEDS = 2
 
 
 def _all_stages(run: Run) -> list[int]:
@@ -81,7 +89,7 @@ def analyze_run(
     tables: dict[str, list[pd.DataFrame]] = {t: [] for t in report_tables()}
     null_folders = {
         s: null_snapshots(run, before=run.stage_label(s - 1), after=run.stage_label(s), kinds=("continue", "reseed"),
-                          progress=progress)
+                          seeds=null_seeds(run.seed), progress=progress)
         for s in wanted
     } if nulls else {}
     jobs = [(s, j) for s in wanted for j in range(s - 1)]
@@ -105,10 +113,12 @@ def analyze_run(
             if m.report:
                 _extend(tables, m.report(before[m.name], m.record(at_after), keys), **({"null": ""} if m.nulls else {}))
         for null_label, folder in null_folders.get(stage, {}).items():
-            at_null, kind = probe(folder), null_label.split("-seed")[0]
+            kind, null_seed = null_label.split("-seed")
+            at_null = probe(folder)
             for m in registered:
                 if m.report and m.nulls:
-                    _extend(tables, m.report(before[m.name], m.record(at_null), keys), null=kind)
+                    _extend(tables, m.report(before[m.name], m.record(at_null), keys), null=kind,
+                            null_seed=int(null_seed))
     joined = {name: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame() for name, parts in tables.items()}
     for m in registered:
         if m.derive:
@@ -122,6 +132,12 @@ def analyze_run(
         "analysis_code": code_fingerprint(ANALYSIS_CODE), **provenance(),
     })
     return out
+
+
+def null_seeds(seed: int, n: int = NULL_SEEDS) -> tuple[int, ...]:
+    """The seeds of a run's null snapshots: ``seed + 1 .. seed + n`` (never the run's own, which a reseed
+    null must differ from)."""
+    return tuple(seed + k for k in range(1, n + 1))
 
 
 def _extend(tables: dict[str, list[pd.DataFrame]], new: dict[str, pd.DataFrame], **columns) -> None:

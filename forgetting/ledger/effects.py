@@ -175,11 +175,21 @@ def curvature_min_log_ratio(tables: Tables) -> pd.Series:
     return _log_ratio(tables, "lambda_min")
 
 
+#: The widest gap (nats per token) of the learning path's losses that a matched-loss value may be
+#: interpolated across; a seed whose learning path jumps further is not a measurement (left out: NaN).
+MAX_LOSS_BRACKET = 1.0
+
+
 @statistic
 def curvature_matched_loss(tables: Tables) -> pd.Series:
-    """Per seed: log lambda_max on the forgetting path minus the learning path's at the same loss."""
+    """Per seed: log lambda_max on the forgetting path minus the learning path's at the same loss
+    (:func:`forgetting.dynamics.matched_loss`); NaN where the learning path's snapshots leave a loss gap
+    wider than :data:`MAX_LOSS_BRACKET` inside the matched range (``max_bracket``)."""
     matched = _table(tables, "matched_loss", ("seed", "value"))
-    return matched.set_index("seed")["value"]
+    values = matched.set_index("seed")["value"]
+    if "max_bracket" in matched.columns:
+        values = values.where(matched.set_index("seed")["max_bracket"] <= MAX_LOSS_BRACKET)
+    return values
 
 
 # -- claim 4: heads -----------------------------------------------------------------------------------------

@@ -68,11 +68,13 @@ def test_drift_nulls_are_measured_and_cached(run_dir):
     analyze_run(run_dir, stages=[2], n_examples=16, hessian_iters=4, nulls=True, progress=False)
     drift = load_analysis(run_dir)["drift"]
     assert set(drift.null) == {"", "continue", "reseed"}
-    assert (drift.groupby("null").size() == 5 * 4).all()
+    # 5 layers x 2 readouts x 2 estimators, once for the observed pair, for each of 2 null seeds per kind
+    assert drift.groupby("null").size().to_dict() == {"": 20, "continue": 40, "reseed": 40}
+    assert set(drift[drift.null != ""].null_seed) == {1.0, 2.0}  # the run's seed (0) + 1, + 2
     assert (run_dir / "nulls").is_dir()
     # the embedding layer of the continue null: the same tokens, weights barely moved
     mean_biased = drift[(drift.readout == "mean") & ~drift.debiased]
-    assert mean_biased[(mean_biased.null == "continue") & (mean_biased.layer == 0)].cka.item() > 0.9
+    assert mean_biased[(mean_biased.null == "continue") & (mean_biased.layer == 0)].cka.min() > 0.9
 
     heads = load_analysis(run_dir)["heads"]
     assert set(heads.null) == {"", "continue", "reseed"}
@@ -82,8 +84,8 @@ def test_drift_nulls_are_measured_and_cached(run_dir):
     assert ((combined.z > combined.threshold) == combined.severe).all()
     assert combined.p_value.between(0, 1).all()
     assert (combined.combined_of == "js_divergence+entropy_change+output_similarity+ablation_effect_change").all()
-    # the chance rate: continue judged against reseed and reseed against continue
-    assert (severity.n_null_snapshots == 2).all() and severity.null_rate.between(0, 1).all()
+    # the chance rate: each of the 4 null snapshots judged against the other 3
+    assert (severity.n_null_snapshots == 4).all() and severity.null_rate.between(0, 1).all()
     assert (severity.null_rate_max >= severity.null_rate).all() and severity.null_rate_layer.between(0, 1).all()
     assert combined.null_rate.nunique() == 1
 
