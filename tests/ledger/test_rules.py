@@ -157,3 +157,31 @@ def test_hash_follows_the_bytes(tmp_path):
     assert file_digest(copy) == RULES.digest
     copy.write_bytes(copy.read_bytes() + b"\n# edited\n")
     assert file_digest(copy) != RULES.digest
+
+
+def test_matched_loss_across_a_wide_learning_path_gap_is_left_out():
+    matched = syn.matched_loss(-0.3).assign(max_bracket=[0.5, 0.5, 7.75, 0.5, 0.5])
+    values = effects.curvature_matched_loss({"matched_loss": matched})
+    assert values.isna().tolist() == [False, False, True, False, False]
+
+
+def test_intervals_over_seeds_and_within_one_seed():
+    from forgetting.stats.intervals import clustered_interval, t_interval
+
+    mean, low, high = t_interval([1.0, 2.0, 3.0])  # sd 1, n 3: half-width t(0.975, 2) / sqrt(3) = 2.4843
+    assert mean == 2.0 and high - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    pooled = clustered_interval([1.0, 1.2, 3.0, 3.2], [0, 0, 1, 1])  # two seeds: means 1.1 and 3.1
+    assert (pooled.n, pooled.n_values, pooled.unit) == (2, 4, "seeds") and pooled.mean == pytest.approx(2.1)
+    one = clustered_interval([1.0, 2.0, 3.0], [7, 7, 7])
+    assert one.unit == "pairs of one seed" and one.n == 3 and one.defined
+    single = clustered_interval([1.0], [0])
+    assert not single.defined and single.unit == "seed (one value)"
+
+
+def test_verdict_counts_in_words():
+    from forgetting.ledger.prose import verdict_counts_text
+
+    assert verdict_counts_text(["holds", "contradicted", "holds"]) == "2 hold and 1 is contradicted"
+    assert verdict_counts_text(["not supported"]) == "1 is not supported"
+    with pytest.raises(ValueError, match="unknown verdict"):
+        verdict_counts_text(["does not hold"])
