@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -44,8 +45,14 @@ def git_commit() -> str | None:
         return None
 
 
+def file_digest(path: str | Path) -> str:
+    """sha256 of the file's bytes, first 12 hex digits (the ledger's rule hash is this of its file)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
 def provenance() -> dict[str, Any]:
-    """Who made a result: package version, git commit, created_at (UTC), library versions, torch threads."""
+    """Who made a result: package version, git commit, created_at (UTC), library versions, torch threads,
+    and the hash of the ledger's rule file in force (``ledger_rules``; see :mod:`forgetting.ledger.rules`)."""
     import torch  # deferred: the file helpers are used where torch is not loaded yet
     import transformers  # deferred: as above
 
@@ -57,6 +64,7 @@ def provenance() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
+        "ledger_rules": file_digest(rules) if (rules := paths.DATA_DIR / "ledger_rules.yaml").is_file() else None,
     }
 
 

@@ -137,9 +137,18 @@ def publish_ledger(profile: str = "full", *, progress: bool = True) -> Path:
     rules = load_rules()
     table = claims_for(profile, stored_only=True, progress=progress, rules=rules)
     target = ledger_path(profile)
-    atomic_write_table(table, target)
-    atomic_write_table(table.attrs["sweep_tests"], target.with_name(f"ledger-{profile}-sweep-tests.parquet"))
-    atomic_write_json({"rules": rules.digest, "rule_file": "data/ledger_rules.yaml", "profile": profile,
-                       "seeds": sweep_settings(profile).get("seeds"), **provenance()},
-                      target.with_suffix(".json"))
+    tests = table.attrs["sweep_tests"]
+    # parquet keeps a frame's attrs as JSON metadata; these hold frames and warnings, which it cannot
+    atomic_write_table(target.with_name(f"ledger-{profile}-sweep-tests.parquet"), _without_attrs(tests))
+    atomic_write_json(target.with_suffix(".json"),
+                      {"rules": rules.digest, "rule_file": "data/ledger_rules.yaml", "profile": profile,
+                       "sweep_seeds": sweep_settings(profile).get("seeds"), "sweep_warnings": tests.attrs.get("warnings"),
+                       **provenance()})
+    atomic_write_table(target, _without_attrs(table))  # last: the ledger appears only with its companions
     return target
+
+
+def _without_attrs(table: pd.DataFrame) -> pd.DataFrame:
+    bare = table.copy()
+    bare.attrs = {}
+    return bare

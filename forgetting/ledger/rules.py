@@ -19,7 +19,6 @@ otherwise holds partly.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import subprocess
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import yaml
 
 from forgetting import paths
 from forgetting.errors import SpecError
+from forgetting.files import file_digest
 
 VERDICTS = ("holds", "holds partly", "not supported", "contradicted")
 OUTCOME_WORDS = {1: "met", 0: "open", -1: "failed"}
@@ -108,11 +108,6 @@ def verdict(primary: int, clauses: list[int] | tuple[int, ...]) -> str:
     if primary == 0:
         return VERDICTS[2]
     return VERDICTS[0] if all(c > 0 for c in clauses) else VERDICTS[1]
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of the file's bytes, first 12 hex digits (the rule hash)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def _test(entry: Any, where: str, problems: list[str]) -> RuleTest | None:
