@@ -99,7 +99,7 @@ def sweep_intervals(profile: str, *, model: str | None, progress: bool, stored_o
     for claim, name in (("5", "similarity_r"), ("5b", "alignment_r")):
         row = primaries.loc[claim]
         out[name] = Interval(float(row["r"]), float(row["ci_low"]), float(row["ci_high"]), int(row["n_pairs"]),
-                             int(row["n_pairs"]) * max(int(row["n_seeds"]), 1),
+                             int(row["n_pairs"]),  # the unit says how many seeds each pair's values come from
                              f"ordered task pairs ({int(row['n_tasks'])} tasks x {int(row['n_seeds'])} seeds, "
                              "two-way cluster bootstrap)")
     return out

@@ -169,7 +169,8 @@ def test_intervals_over_seeds_and_within_one_seed():
     from forgetting.stats.intervals import clustered_interval, t_interval
 
     mean, low, high = t_interval([1.0, 2.0, 3.0])  # sd 1, n 3: half-width t(0.975, 2) / sqrt(3) = 2.4843
-    assert mean == 2.0 and high - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    half = pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert mean == 2.0 and high - mean == half and mean - low == half
     pooled = clustered_interval([1.0, 1.2, 3.0, 3.2], [0, 0, 1, 1])  # two seeds: means 1.1 and 3.1
     assert (pooled.n, pooled.n_values, pooled.unit) == (2, 4, "seeds") and pooled.mean == pytest.approx(2.1)
     one = clustered_interval([1.0, 2.0, 3.0], [7, 7, 7])
