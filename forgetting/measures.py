@@ -31,13 +31,13 @@ consumer filters on the columns that tell the rows apart):
 - ``drift``: one row per layer for each ``(readout, debiased)`` in :data:`DRIFT_VARIANTS`: ``readout``
   ``"mean"`` (mean over tokens; with ``debiased = False`` the rows the table always had) or ``"last"``
   (the last prompt token), ``debiased`` (unbiased-HSIC CKA, needed because n = 60 examples < d
-  features); ``note`` says where CKA was defined by convention (a constant layer: :func:`_drift_report`);
+  features); ``note`` says where CKA was defined by convention (a constant layer: ``_drift_report``);
 - ``curvature``: ``lambda_min`` (the most negative Hessian eigenvalue of the old task's loss, from the
   same Lanczos run as ``lambda_max``) and ``hessian_matvecs``;
 - ``heads``: the ablation rows ``ablation_effect_before`` / ``_after`` / ``_change`` (mean ablation of each
   head, :func:`forgetting.mechanisms.heads.head_activity`), which enter the ``combined`` score;
 - ``head_severity``: ``combined_of`` (the metrics of the combined score), the chance rate ``null_rate``,
-  ``null_rate_max``, ``null_rate_layer``, ``n_null_snapshots`` (:func:`_head_severity`);
+  ``null_rate_max``, ``null_rate_layer``, ``n_null_snapshots`` (``_head_severity``);
 - ``gradients`` / ``gradient_null``: ``n_per_gradient`` (examples behind each gradient compared).
 """
 

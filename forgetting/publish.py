@@ -86,7 +86,7 @@ def make_results(profile: str = "full", *, progress: bool = True) -> list[Path]:
     report, the causal restoration studies and the dynamics, run the task-similarity sweep over the
     profile's sweep seeds, and publish the tables; returns the published folders. Resumable: runs and
     tables already in the cache are reused. (The ledger judged from them is published by
-    :func:`forgetting.ledger.publish_ledger`, which ``forgetting results`` calls next.)"""
+    :func:`forgetting.ledger.claims.publish_ledger`, which ``forgetting results`` calls next.)"""
     published = []
     for seed in seeds(profile):
         main = experiment_spec(profile, seed=seed)

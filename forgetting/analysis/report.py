@@ -55,7 +55,7 @@ from forgetting.train import with_weights
 # The modules whose code determines the analysis tables (besides the run itself): a change in any
 # of them makes :func:`analysis_for` recompute instead of reusing stored tables.
 ANALYSIS_CODE = ("analysis/report.py", "measures.py", "mechanisms", "nulls.py")
-#: Null snapshots per kind and pair: with two of each, the chance rate of a rule judges one null snapshot
+#: Null snapshots per kind and pair. With two of each, the chance rate of a rule judges one null snapshot
 #: against three others of both kinds, as the observed pair is judged against all four.
 NULL_SEEDS = 2
 

@@ -1,11 +1,11 @@
 """Where does forgetting live? Restore part of a model to its value before a stage and measure how much
 of the old task's lost loss comes back.
 
-- :func:`recovery` (the primitive), :func:`slice_recovery` (parameter slices) and :func:`head_recovery`
+- :func:`~forgetting.causal.restore.recovery` (the primitive), :func:`~forgetting.causal.restore.slice_recovery` (parameter slices) and :func:`~forgetting.causal.heads.head_recovery`
   (attention heads, plain and LoRA): :mod:`forgetting.causal.restore`, :mod:`forgetting.causal.heads`;
 - the studies of one pair of models (layers, groups, matrix types, severe vs random heads, interaction):
   :mod:`forgetting.causal.studies`; the spurious-forgetting probe: :mod:`forgetting.causal.spurious`;
-- the table of a run, computed once and stored beside it: :func:`causal_for` (:mod:`forgetting.causal.report`).
+- the table of a run, computed once and stored beside it: :func:`~forgetting.causal.report.causal_for` (:mod:`forgetting.causal.report`).
 """
 
 from forgetting.causal.heads import head_patch, head_recovery

@@ -3,19 +3,19 @@
 For every adjacent pair of a run (stage ``s >= 2``; old task = the task of stage s-1, new task = that of
 stage s; ``before`` = the snapshot at the end of stage s-1, ``after`` = the end of stage s), on the old
 task's first ``n_examples`` eval examples (those the mechanism report reads) and its loss
-(:func:`forgetting.mechanisms.loss_gradients.task_loss`, the mean over target tokens, which is the
+(``forgetting.mechanisms.loss_gradients.task_loss``, the mean over target tokens, which is the
 ``loss`` of the run's evaluations), the studies of :mod:`forgetting.causal.studies` (layers, groups,
 matrix types, the most disrupted heads against random heads of the same layers, attention + MLP and
 their interaction) and the re-training probe of :mod:`forgetting.causal.spurious`, one row per
 ``(stage, new_task, old_task, study, part, draw)`` (columns: :data:`forgetting.causal.studies.CAUSAL_COLUMNS`).
 
-The heads are ranked by the run's mechanism report (:func:`forgetting.analysis.analysis_for`, table
+The heads are ranked by the run's mechanism report (:func:`forgetting.analysis.report.analysis_for`, table
 ``head_severity``) of the folder whose weights are restored, so the ranking and the restoration read
 the same weights (re-training a published run's spec need not reproduce its weights bit for bit).
 
 :func:`causal_for` computes the table once and stores it in the run folder (``causal.parquet`` with a
 manifest holding the arguments and a fingerprint of the code: :data:`CAUSAL_CODE`), and reads it back
-later; a published run (tables only) is handled like :func:`~forgetting.analysis.analysis_for` does
+later; a published run (tables only) is handled like :func:`~forgetting.analysis.report.analysis_for` does
 (:func:`forgetting.runs.cache.stored_or_compute`).
 """
 
@@ -48,8 +48,8 @@ from forgetting.train import OptimConfig, make_accelerator, with_weights
 
 __all__ = ["CAUSAL_CODE", "adjacent_stages", "causal_for", "causal_run", "load_causal"]
 
-#: The code that determines the table besides the run: this package, and the mechanism report that ranks
-#: the heads (a change in any of them makes :func:`causal_for` recompute).
+#: The code that determines the table besides the run (this package and the mechanism report that ranks
+#: the heads); a change in any of them makes :func:`causal_for` recompute.
 CAUSAL_CODE = ("causal", *ANALYSIS_CODE)
 
 
@@ -154,7 +154,7 @@ def causal_for(
 
     Computing needs the run's mechanism report (for the head ranking; computed and stored too when
     missing) and its weights: a published run (tables only) is re-run into the cache first, as
-    :func:`~forgetting.analysis.analysis_for` does.
+    :func:`~forgetting.analysis.report.analysis_for` does.
     """
     run_dir = Path(run_folder)
     key = _key(Run.open(run_dir), n_examples, draws, ks, spurious_n, spurious_steps)

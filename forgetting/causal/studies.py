@@ -60,6 +60,7 @@ __all__ = ["CAUSAL_COLUMNS", "STUDIES", "causal_row", "random_heads", "ranked_he
 STUDIES = ("layer", "group", "matrix", "heads_severe", "heads_random", "union", "interaction", "spurious",
            "spurious_control")
 
+#: The columns of a causal table, each with its meaning.
 CAUSAL_COLUMNS = {
     "stage": "int: the stage s whose training is partly undone (s >= 2)",
     "new_task": "str: the task trained in stage s",

@@ -3,8 +3,8 @@ pre-registered rules of ``data/ledger_rules.yaml``.
 
 - :mod:`forgetting.ledger.rules`: the rule file, its hash, the tests and the four verdicts;
 - :mod:`forgetting.ledger.effects`: the statistics the rules name, from the measured tables;
-- :mod:`forgetting.ledger.judge`: one row per claim (:class:`LedgerRow`);
-- :mod:`forgetting.ledger.claims`: the ledger of a profile (:func:`claims_for`) and its publication;
+- :mod:`forgetting.ledger.judge`: one row per claim (:class:`~forgetting.ledger.judge.LedgerRow`);
+- :mod:`forgetting.ledger.claims`: the ledger of a profile (:func:`~forgetting.ledger.claims.claims_for`) and its publication;
 - :mod:`forgetting.ledger.prose`: the words of the book computed from numbers.
 
 The paper's numbers (``PAPER_DRIFT``, ``PAPER_SEVERE``, ``PAPER_R``) are the abstract's; the rules use

@@ -1,9 +1,9 @@
 """The whole ledger of a profile: gather the measured tables, judge every claim of the rule file.
 
 :func:`claims_for` reads (or computes, or with ``stored_only=True`` only reads) for every seed of the
-profile the main run's mechanism report (:func:`forgetting.analysis.analysis_for`) and causal studies
-(:func:`forgetting.causal.causal_for`), the dynamics run (:func:`forgetting.dynamics.dynamics_for`), and
-the profile's similarity sweep over its sweep seeds (:func:`forgetting.sweep.sweep_table`), then judges
+profile the main run's mechanism report (:func:`forgetting.analysis.report.analysis_for`) and causal studies
+(:func:`forgetting.causal.report.causal_for`), the dynamics run (:func:`forgetting.dynamics.dynamics_for`), and
+the profile's similarity sweep over its sweep seeds (:func:`forgetting.sweep.pairs.sweep_table`), then judges
 each claim of ``data/ledger_rules.yaml`` (:func:`forgetting.ledger.judge.judge`). Every row carries
 the rules' hash.
 

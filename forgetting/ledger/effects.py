@@ -30,6 +30,7 @@ PAIR = ["seed", "stage", "old_task"]
 DYNAMICS_MECHANISMS = ("drift", "grad_cosine", "lambda_max", "head_js")
 SEVERE_K = "k=5"  # the head set the rule names: the 5 most disrupted heads against 5 random ones
 
+#: The ledger's statistics by name, each a function of the tables giving one value per adjacent pair or seed.
 STATISTICS: dict[str, Callable[[Tables], pd.Series]] = {}
 
 
@@ -171,7 +172,7 @@ def curvature_log_ratio(tables: Tables) -> pd.Series:
 
 @statistic
 def curvature_min_log_ratio(tables: Tables) -> pd.Series:
-    """log(|lambda_min| after / |lambda_min| before): the most negative end of the spectrum."""
+    """log(``|lambda_min|`` after / ``|lambda_min|`` before): the most negative end of the spectrum."""
     return _log_ratio(tables, "lambda_min")
 
 

@@ -3,7 +3,7 @@
 :func:`judge` takes a claim's rule (:mod:`forgetting.ledger.rules`), the measured tables and any
 intervals computed elsewhere (the sweep's correlations, ``given``), computes every statistic the rule
 names (:mod:`forgetting.ledger.effects`), applies the primary and clause tests and returns a
-:class:`LedgerRow`. Nothing in a row is typed by hand: the verdict comes from :func:`rules.verdict`, the
+:class:`LedgerRow`. Nothing in a row is typed by hand: the verdict comes from :func:`~forgetting.ledger.rules.verdict`, the
 text from :mod:`forgetting.ledger.prose`.
 """
 
@@ -41,7 +41,7 @@ class LedgerRow:
 
 def statistic_interval(name: str, tables: Tables, given: dict[str, Interval] | None = None) -> Interval:
     """The interval of statistic ``name``: from ``given`` if there, else its per-unit values
-    (:data:`effects.STATISTICS`) averaged within a seed, t over seeds."""
+    (:data:`~forgetting.ledger.effects.STATISTICS`) averaged within a seed, t over seeds."""
     if given and name in given:
         return given[name]
     if name not in STATISTICS:

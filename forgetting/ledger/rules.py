@@ -31,8 +31,10 @@ from forgetting import paths
 from forgetting.errors import SpecError
 from forgetting.files import file_digest
 
+#: The four verdicts a rule can return, from the strongest support to the data against the claim.
 VERDICTS = ("holds", "holds partly", "not supported", "contradicted")
 OUTCOME_WORDS = {1: "met", 0: "open", -1: "failed"}
+#: The tests a rule's primary statistic or clause can apply to an interval.
 TEST_KINDS = ("above", "below", "within", "differs")
 
 

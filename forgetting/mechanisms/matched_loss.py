@@ -46,7 +46,7 @@ def matched_loss_curvature(learning_loss, learning_lambda, forgetting_loss, forg
         forgetting_loss, forgetting_lambda: (k,) the forgetting path's.
 
     Returns:
-        one row per forgetting point, in the given order: ``loss``, ``lambda_max``, ``log_lambda``,
+        a frame with one row per forgetting point (in the given order) and the columns ``loss``, ``lambda_max``, ``log_lambda``,
         ``log_lambda_learning`` (``ell(L_i)``, NaN where not matched), ``difference`` (``d_i``, NaN where
         not matched), ``matched`` (bool), ``bracket`` (the loss width ``l_{j+1} - l_j`` of the learning
         path's interval that ``L_i`` is interpolated in: a wide one means a coarse learning path there).

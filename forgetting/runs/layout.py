@@ -114,7 +114,7 @@ class RunLayout:
 
     @property
     def causal(self) -> Path:
-        """The restoration studies' table (:func:`forgetting.causal.causal_for`)."""
+        """The restoration studies' table (:func:`forgetting.causal.report.causal_for`)."""
         return self.root / CAUSAL
 
     @property

@@ -236,7 +236,7 @@ def leave_one_task_out(table: pd.DataFrame, similarity: str, forgetting: str, me
     return pd.DataFrame(rows)
 
 
-#: The declared primary tests of claims 5 and 5b: (claim, predictor, forgetting measure).
+#: The declared primary tests of claims 5 and 5b, each ``(claim, predictor, forgetting measure)``.
 PRIMARY_TESTS = (("5", "fisher", "forgetting_loss"), ("5b", "gradient_conflict", "forgetting_loss"))
 #: The forgetting measures of the secondary tests.
 SECONDARY_FORGETTING = ("forgetting_loss", "forgetting_fraction", "forgetting_answer")
@@ -250,7 +250,7 @@ def similarity_tests(pairs: pd.DataFrame, similarity_table: pd.DataFrame, *, met
     """The claim-5 statistics (module docstring): one row per (predictor, forgetting measure).
 
     Args:
-        pairs: the sweep (:func:`forgetting.sweep.sweep_table`): one row per ordered pair and seed, with
+        pairs: the sweep (:func:`forgetting.sweep.pairs.sweep_table`): one row per ordered pair and seed, with
             ``task_a, task_b, seed`` and the forgetting columns.
         similarity_table: the long table of :func:`forgetting.mechanisms.similarity.similarity_matrix` at the
             base model (only its aggregate rows, ``layer`` NaN, are used); it needs ``fisher`` and

@@ -7,12 +7,12 @@ Rules (the constants below):
   drift is "absent" for a pair whose mean drop is no larger than the larger null's (``excess <= 0``),
   and the text names those pairs or says that there are none;
 - the nulls "grow with depth" when the larger null's drop at the last layer exceeds the one after the
-  first block by more than :data:`DEPTH_MARGIN` (0.02); heads "change more in the upper layers" (or
-  more than the residual stream) when the mean CKAs differ by more than :data:`CKA_MARGIN` (0.02);
+  first block by more than ``DEPTH_MARGIN`` (0.02); heads "change more in the upper layers" (or
+  more than the residual stream) when the mean CKAs differ by more than ``CKA_MARGIN`` (0.02);
 - the biased estimator "overstates the similarity" when the debiased drop exceeds the biased one by
-  more than :data:`CKA_MARGIN`; the readout and the estimator "change the number" when the
-  intermediate-layer drops of the readouts and estimators span more than :data:`READOUT_SPREAD` (0.05);
-- the part of the drop "training does anyway" is :func:`share_word` of the larger null's mean drop
+  more than ``CKA_MARGIN``; the readout and the estimator "change the number" when the
+  intermediate-layer drops of the readouts and estimators span more than ``READOUT_SPREAD`` (0.05);
+- the part of the drop "training does anyway" is :func:`~forgetting.ledger.prose.share_word` of the larger null's mean drop
   over the observed mean drop (capped at 1).
 """
 

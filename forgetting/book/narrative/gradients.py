@@ -2,22 +2,22 @@
 
 Rules (the constants below):
 
-- a pair is **noisy** when its whole-model split-half null cosine is below :data:`NOISY_NULL` (0.2);
+- a pair is **noisy** when its whole-model split-half null cosine is below ``NOISY_NULL`` (0.2);
   otherwise "two halves of its own data agree on a direction";
 - the new task's gradient "points against" the old one when the whole-model cosine is < 0;
 - the per-layer conflict of heads is "not spread evenly" when the layers' rates differ by more than
-  :data:`UNEVEN` (20 percentage points), else "spread about evenly";
+  ``UNEVEN`` (20 percentage points), else "spread about evenly";
 - two rates (or excesses over the null) are "more often" / "larger" only when they differ by more
-  than :data:`MARGIN` (5 percentage points), else "about as often" / "about the same";
+  than ``MARGIN`` (5 percentage points), else "about as often" / "about the same";
 - the first-order estimate is "close" / "within X %" of the observed change only when the relative
-  error ``|predicted / observed - 1|`` is at most :data:`TOLERANCE` (10 %) for every pair; otherwise the
+  error ``|predicted / observed - 1|`` is at most ``TOLERANCE`` (10 %) for every pair; otherwise the
   text counts the pairs within it and says how far off the worst one is;
 - the update is "nearly orthogonal" to the old gradient when every ``|cos(g_old, delta)|`` is at most
-  :data:`ORTHOGONAL` (0.1);
-- the gradients of "most matrices conflict" / "point the same way" by :func:`share_word` of the
+  ``ORTHOGONAL`` (0.1);
+- the gradients of "most matrices conflict" / "point the same way" by :func:`~forgetting.ledger.prose.share_word` of the
   conflict rate (or of one minus it) of both attention and MLP matrices;
 - alignment as a predictor of the stage's forgetting is "weak" when the rank correlation's interval
-  includes 0 (:func:`sign_word`), and follows or goes against the claim when it excludes 0.
+  includes 0 (:func:`~forgetting.ledger.prose.sign_word`), and follows or goes against the claim when it excludes 0.
 """
 
 from __future__ import annotations

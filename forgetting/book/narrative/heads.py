@@ -3,18 +3,18 @@
 Rules (the constants below):
 
 - two fractions of severe heads (the lower against the upper half of the model, earlier old tasks
-  against the just-trained one) differ only when they are more than :data:`MARGIN` (5 percentage
+  against the just-trained one) differ only when they are more than ``MARGIN`` (5 percentage
   points) apart; otherwise "about as many" / "about equally";
-- the pairs "differ widely" when their severe fractions span at least :data:`WIDE` (10 percentage
+- the pairs "differ widely" when their severe fractions span at least ``WIDE`` (10 percentage
   points), else they are "alike";
-- a pair has "almost no head disrupted beyond noise" when at most :data:`NOISE_LEVEL` (10 %, twice
+- a pair has "almost no head disrupted beyond noise" when at most ``NOISE_LEVEL`` (10 %, twice
   the 5 % that noise alone would flag) of its heads are severe;
-- the share of a fixed threshold's count that "any training causes" is :func:`share_word` of the
+- the share of a fixed threshold's count that "any training causes" is :func:`~forgetting.ledger.prose.share_word` of the
   larger null fraction over the real stage's fraction at that threshold (capped at 1); the curves
   "run close together" when that share is "most" or "all" at both the threshold and half of it;
 - the pair with "the sharpest early forgetting" is the one with the largest early loss rise;
 - head disruption and early forgetting "go together" only when the rank correlation's interval lies
-  above 0 (:func:`sign_word`); an interval that includes 0 shows no association.
+  above 0 (:func:`~forgetting.ledger.prose.sign_word`); an interval that includes 0 shows no association.
 """
 
 from __future__ import annotations

@@ -5,19 +5,19 @@ Rules (the constants below):
 - a curvature or loss "rose" / "fell" by the sign of after - before; the old minimum reads "sharper"
   when its top eigenvalue (or the top eigenvalue per unit of loss) rose, "flatter" when it fell;
 - the most negative eigenvalue is "small next to the top one" when its magnitude is at most
-  :data:`SMALL` (10 %) of the top one; above that the point is "saddle-like", and at
-  :data:`BOTH_SIGNS` (50 %) or more "with strong curvature of both signs";
+  ``SMALL`` (10 %) of the top one; above that the point is "saddle-like", and at
+  ``BOTH_SIGNS`` (50 %) or more "with strong curvature of both signs";
 - at matched loss the forgetting path is "flatter" when the median ratio of top eigenvalues is below
   1, "sharper" above; the text says when the points fall on both sides of 1, and says that no
   comparison is possible when no point matches;
-- a step is "about as long as" another when their lengths are within a factor :data:`SAME_LENGTH`
+- a step is "about as long as" another when their lengths are within a factor ``SAME_LENGTH``
   (1.25); its direction is "of its own" at an angle of 60 to 120 degrees, "onward" below 60, "partly
   back" above 120;
 - the new task's loss is "already" low halfway along the segment when it has fallen by at least half
   of its fall over the whole segment; its minimum is "inside the segment" at 0 < alpha < 1;
 - the plane holds a better point only when its best summed loss is below both snapshots' sums by more
-  than :data:`PLANE_MARGIN` (0.01 nats per token);
-- the Taylor estimate "holds" where ``|predicted / actual - 1| <=`` :data:`TOLERANCE` (10 %).
+  than ``PLANE_MARGIN`` (0.01 nats per token);
+- the Taylor estimate "holds" where ``|predicted / actual - 1| <=`` ``TOLERANCE`` (10 %).
 """
 
 from __future__ import annotations
