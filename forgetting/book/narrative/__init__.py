@@ -10,7 +10,8 @@ specific come from :mod:`forgetting.ledger.prose` (``share_word``, ``comparison_
 - :mod:`~forgetting.book.narrative.gradients`: chapter 02 (gradient interference);
 - :mod:`~forgetting.book.narrative.drift`: chapter 03 (representational drift);
 - :mod:`~forgetting.book.narrative.landscape`: chapter 04 (loss landscape);
-- :mod:`~forgetting.book.narrative.heads`: chapter 05 (attention heads).
+- :mod:`~forgetting.book.narrative.heads`: chapter 05 (attention heads);
+- :mod:`~forgetting.book.narrative.similarity`: chapter 06 (task similarity).
 """
 
 from __future__ import annotations
@@ -39,21 +40,45 @@ from forgetting.book.narrative.landscape import (
     spectrum_words,
     taylor_words,
 )
+from forgetting.book.narrative.similarity import (
+    correlation_words,
+    declared_words,
+    jackknife_words,
+    meaning_words,
+    partial_words,
+    peak_words,
+    resampling_words,
+    similarity_pair_words,
+    strongest_measure,
+    sweep_words,
+    task_effect_words,
+)
 
 __all__ = [
     "alignment_words",
     "conflict_words",
+    "correlation_words",
     "curvature_words",
+    "declared_words",
     "drift_words",
     "head_drift_words",
+    "jackknife_words",
     "layer_words",
     "matched_words",
+    "meaning_words",
     "pair_words",
+    "partial_words",
+    "peak_words",
     "plane_words",
     "readout_words",
+    "resampling_words",
     "segment_words",
     "severity_words",
+    "similarity_pair_words",
     "spectrum_words",
+    "strongest_measure",
+    "sweep_words",
+    "task_effect_words",
     "taylor_words",
     "threshold_words",
     "timing_words",
