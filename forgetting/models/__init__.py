@@ -34,3 +34,19 @@ def load_model(
     from forgetting.models.hub import load_pretrained  # deferred: as above (transformers loads on use)
 
     return load_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+
+
+def parameter_count(name_or_path: str = "tiny", *, trust_remote_code: bool = False) -> int:
+    """The number of parameters of model ``name_or_path``, without loading its weights.
+
+    An embedded model's count is read from its ``recipe.json``; any other model is built from its
+    config on the ``meta`` device (shapes only, no memory) and its tensors counted, as
+    ``sum(p.numel() for p in model.parameters())`` would count the loaded model.
+    """
+    if name_or_path in EMBEDDED_MODELS:
+        from forgetting.models.embedded import embedded_info  # deferred: as in load_model
+
+        return int(embedded_info(name_or_path)["n_parameters"])
+    from forgetting.models.hub import count_parameters  # deferred: as in load_model
+
+    return count_parameters(name_or_path, trust_remote_code=trust_remote_code)

@@ -175,6 +175,25 @@ def load_pretrained(
     return model, tokenizer
 
 
+def count_parameters(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> int:
+    """Parameters of the causal LM at ``name_or_path``, counted on the ``meta`` device (no weights read).
+
+    Raises:
+        SpecError: on field ``model`` when the config cannot be read (as :func:`load_pretrained`).
+    """
+    source, local = resolve_source(name_or_path)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    common = {"trust_remote_code": bool(trust_remote_code), "local_files_only": local or hub_offline()}
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except _LOAD_ERRORS as exc:
+        raise _load_error(source, local, exc, "config") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=bool(trust_remote_code))
+    return sum(p.numel() for p in model.parameters())
+
+
 def prepare_tokenizer(tokenizer: Any, model: Any = None) -> Any:
     """Right padding, and a pad token when missing (eos, else bos, else unk); tells the model's
     generation config the pad id. Returns the tokenizer."""

@@ -11,7 +11,9 @@ specific come from :mod:`forgetting.ledger.prose` (``share_word``, ``comparison_
 - :mod:`~forgetting.book.narrative.drift`: chapter 03 (representational drift);
 - :mod:`~forgetting.book.narrative.landscape`: chapter 04 (loss landscape);
 - :mod:`~forgetting.book.narrative.heads`: chapter 05 (attention heads);
-- :mod:`~forgetting.book.narrative.similarity`: chapter 06 (task similarity).
+- :mod:`~forgetting.book.narrative.similarity`: chapter 06 (task similarity);
+- :mod:`~forgetting.book.narrative.measuring`: chapter 01 (the performance matrix and its metrics);
+- :mod:`~forgetting.book.narrative.scale`: every chapter's words for our model's size next to the paper's.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from forgetting.book.narrative.landscape import (
     spectrum_words,
     taylor_words,
 )
+from forgetting.book.narrative.measuring import early_forgetting_words, transfer_words
+from forgetting.book.narrative.scale import approximate_count, scale_words
 from forgetting.book.narrative.similarity import (
     correlation_words,
     declared_words,
@@ -56,11 +60,13 @@ from forgetting.book.narrative.similarity import (
 
 __all__ = [
     "alignment_words",
+    "approximate_count",
     "conflict_words",
     "correlation_words",
     "curvature_words",
     "declared_words",
     "drift_words",
+    "early_forgetting_words",
     "head_drift_words",
     "jackknife_words",
     "layer_words",
@@ -72,6 +78,7 @@ __all__ = [
     "plane_words",
     "readout_words",
     "resampling_words",
+    "scale_words",
     "segment_words",
     "severity_words",
     "similarity_pair_words",
@@ -82,4 +89,5 @@ __all__ = [
     "taylor_words",
     "threshold_words",
     "timing_words",
+    "transfer_words",
 ]

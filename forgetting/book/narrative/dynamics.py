@@ -11,12 +11,21 @@ table (one value per measure and step, :func:`forgetting.viz.dynamics.trajectory
   (less than half the conflict is left), otherwise it "persists";
 - *curvature*: it "overshoots" when the peak of ``lambda_max`` is above both its start and its end by
   more than 10 % of the peak and the peak is not the last point; otherwise it "rises" (end > start) or
-  "falls"; per unit of loss (``lambda_max / loss``) it "falls" or "rises" by the sign of end - start.
+  "falls"; per unit of loss (``lambda_max / loss``) it "falls" or "rises" by the sign of end - start;
+- *order*: a mechanism reaches half of its change "no later than the forgetting" when its mean ``t50``
+  is at most the forgetting's (ties count: with snapshots every few steps a shared window is a tie);
+- *depth*: the block whose drift stands "furthest beyond the reseed null" is the one with the largest
+  ``(1 - CKA observed) - (1 - CKA reseed)`` over blocks 1..L; when no block exceeds its null (largest
+  excess <= 0), the sentence says that no block's drift stands beyond it instead.
 """
 
 from __future__ import annotations
 
 import pandas as pd
+
+from forgetting.ledger.prose import count_text
+
+MECHANISMS = ("drift", "grad_cosine", "lambda_max", "head_js")
 
 
 def timing_sentence(t50_fraction: float) -> str:
@@ -63,3 +72,43 @@ def trajectory_words(traj: pd.DataFrame) -> dict[str, str]:
     words["raw_word"] = ("the opposite of \"flattening\" in raw terms" if lam_end > lam_start
                          else "\"flattening\" in raw terms")
     return words
+
+
+def onset_words(t50: pd.Series, steps_per_task: int) -> dict[str, str]:
+    """Glue values for when forgetting and each mechanism reach half of their change.
+
+    ``t50``: mean half-change step per measure (index includes ``forgetting``; the mechanisms of
+    ``MECHANISMS`` that were measured). Keys: ``t50_forgetting``, ``t50_fraction``, ``t50_<mechanism>``,
+    ``timing_clause`` and ``meaning_timing`` (a whole sentence; the *order* rule).
+    """
+    forgetting = float(t50["forgetting"])
+    fraction = forgetting / steps_per_task
+    timing = timing_sentence(fraction)
+    mechanisms = [m for m in MECHANISMS if m in t50.index]
+    no_later = sum(bool(t50[m] <= forgetting) for m in mechanisms)
+    words = {"t50_forgetting": f"{forgetting:.0f}", "t50_fraction": f"{100 * fraction:.0f} %",
+             "timing_clause": timing,
+             "meaning_timing": (f"{timing[0].upper()}{timing[1:]}, and {count_text(no_later, len(mechanisms))} "
+                                "mechanisms reach half of their change no later than the forgetting does.")}
+    words.update({f"t50_{m}": f"{t50[m]:.0f}" if m in t50.index else "n/a" for m in MECHANISMS})
+    return words
+
+
+def depth_words(beyond: pd.Series) -> dict[str, str]:
+    """The block whose drift stands furthest beyond the reseed null (the *depth* rule).
+
+    ``beyond``: index = block (1..L), value = observed drift minus the reseed null's, in 1 - CKA.
+    Keys: ``depth_sentence`` (a whole sentence), ``deepest_layer``, ``beyond_max``, ``n_layers``.
+    """
+    beyond = beyond.dropna()
+    if beyond.empty:
+        raise ValueError("depth_words: no block has both an observed and a reseed drift")
+    block, excess, n_layers = int(beyond.idxmax()), float(beyond.max()), int(beyond.index.max())
+    if excess > 0:
+        sentence = (f"In our runs the block whose drift stands furthest beyond the reseed null is block {block} "
+                    f"of {n_layers} (1 - CKA beyond the null by {excess:.2f});")
+    else:
+        sentence = (f"In our runs no block's drift stands beyond the reseed null (the largest excess, "
+                    f"{excess:.2f} in 1 - CKA, is at block {block} of {n_layers});")
+    return {"depth_sentence": sentence, "deepest_layer": str(block), "beyond_max": f"{excess:.2f}",
+            "n_layers": str(n_layers)}
