@@ -246,7 +246,7 @@ def _meaning(r: dict[str, float], k_dir: int, n: int, side: str, nonlinear: bool
                       "includes 0)" + (", where the path has left the region in which the loss is linear" if nonlinear
                                        else "") +
                       ". The paper's \"alignment predicts forgetting\" may hold across many task pairs (chapter 6 "
-                      "sweeps pairs); within one short sequence on a one-million-parameter model it is a statement "
+                      "sweeps pairs); within one short sequence on one small model it is a statement "
                       "about the first steps only.")
     elif side == "below":
         direction += (", and its rank correlation with the forgetting over a whole stage is negative beyond its "

@@ -168,7 +168,7 @@ def _range(values: pd.Series, digits: int = 2) -> str:
 
 
 def sweep_words(table: pd.DataFrame) -> dict[str, str]:
-    """Counts and ranges of the sweep's pair table (:func:`forgetting.sweep.pair_table`)."""
+    """Counts and ranges of the sweep's pair table (:func:`forgetting.sweep.statistics.pair_table`)."""
     after = float((table["exact_a_before"] - table["forgetting_exact"]).max())
     both = table[["exact_a_before", "forgetting_exact"]].dropna()
     r = float(both["exact_a_before"].corr(both["forgetting_exact"])) if len(both) >= 3 else math.nan
@@ -192,7 +192,7 @@ def sweep_words(table: pd.DataFrame) -> dict[str, str]:
 
 
 def task_effect_words(effects: pd.DataFrame) -> dict[str, str]:
-    """Shares of variance explained by A, by B and by both (:func:`forgetting.sweep.task_effects`)."""
+    """Shares of variance explained by A, by B and by both (:func:`forgetting.sweep.statistics.task_effects`)."""
     eff = effects.set_index("forgetting")
     by_a = float(eff.loc["forgetting_exact", "by_a"])
     word = share_word(min(1.0, max(0.0, by_a))) if math.isfinite(by_a) else "n/a"
@@ -211,7 +211,7 @@ def task_effect_words(effects: pd.DataFrame) -> dict[str, str]:
 def declared_words(tests: pd.DataFrame, rows: Mapping[str, Any], units: str) -> dict[str, str]:
     """The declared primary correlations, their ledger verdicts and the Holm-corrected secondaries.
 
-    ``tests``: :func:`forgetting.sweep.similarity_tests` (``primary``, ``claim``, ``r``, ``ci_low``,
+    ``tests``: :func:`forgetting.sweep.statistics.similarity_tests` (``primary``, ``claim``, ``r``, ``ci_low``,
     ``ci_high``, ``p_holm``); ``rows``: ``{"similarity": row, "alignment": row}`` of
     :func:`forgetting.ledger.judge.judge` (``verdict``); ``units``: what the primary interval is over.
     """
@@ -234,7 +234,7 @@ def declared_words(tests: pd.DataFrame, rows: Mapping[str, Any], units: str) -> 
 def correlation_words(correlations: pd.DataFrame, table: pd.DataFrame, measures: Sequence[str]) -> dict[str, str]:
     """The exploratory correlations of every measure with the answer-match drop and the loss increase.
 
-    ``correlations``: :func:`forgetting.sweep.similarity_correlations` (``similarity``, ``forgetting``,
+    ``correlations``: :func:`forgetting.sweep.statistics.similarity_correlations` (``similarity``, ``forgetting``,
     ``method``, ``r``, ``ci_low``, ``ci_high``); ``table``: the pair table (``alignment_at_a``);
     ``measures``: the measures the chapter lists.
     """
@@ -277,7 +277,7 @@ def correlation_words(correlations: pd.DataFrame, table: pd.DataFrame, measures:
 
 
 def jackknife_words(jackknife: pd.DataFrame) -> dict[str, str]:
-    """Leave-one-task-out correlations (:func:`forgetting.sweep.leave_one_task_out`: ``left_out``, ``r``)."""
+    """Leave-one-task-out correlations (:func:`forgetting.sweep.statistics.leave_one_task_out`: ``left_out``, ``r``)."""
     full = jackknife.loc[jackknife["left_out"] == "(none)", "r"]
     full = float(full.iloc[0]) if len(full) else math.nan
     dropped = jackknife[jackknife["left_out"] != "(none)"].dropna(subset=["r"])
@@ -305,7 +305,7 @@ def partial_words(partial: pd.DataFrame, best: str) -> dict[str, str]:
 
 
 def peak_words(peaks: pd.DataFrame) -> dict[str, str]:
-    """The quadratic fits (one row per :func:`forgetting.sweep.quadratic_peak`)."""
+    """The quadratic fits (one row per :func:`forgetting.sweep.statistics.quadratic_peak`)."""
     counts = peaks["verdict"].value_counts()
     n, n_peak, n_open = len(peaks), int(counts.get("intermediate peak", 0)), int(counts.get("peak not resolved", 0))
     fa = peaks[(peaks["similarity"] == "fisher") & (peaks["forgetting"] == "forgetting_answer")].iloc[0]
@@ -334,7 +334,7 @@ def peak_words(peaks: pd.DataFrame) -> dict[str, str]:
 
 def resampling_words(naive: pd.DataFrame, clustered: pd.DataFrame, n_tasks: int, n_boot: int = 2000) -> dict[str, str]:
     """The pair bootstrap against the task bootstrap of the strongest correlation (one row each of
-    :func:`forgetting.sweep.similarity_correlations`, with ``n_boot_valid``)."""
+    :func:`forgetting.sweep.statistics.similarity_correlations`, with ``n_boot_valid``)."""
     nr, cr = naive.iloc[0], clustered.iloc[0]
     nw, cw = nr.ci_high - nr.ci_low, cr.ci_high - cr.ci_low
     width = comparison_word(nw, cw, WIDTH_MARGIN, more="wider than", less="narrower than", same="about as wide as")
