@@ -37,18 +37,20 @@ def _order_word(k: int) -> str:
     return _WORDS[k] if k < len(_WORDS) else str(k)
 
 
-def scale_words(n_parameters: int) -> dict[str, str]:
+def scale_words(n_parameters: int, n_blocks: int | None = None) -> dict[str, str]:
     """Glue values for a model of ``n_parameters`` parameters against the paper's (module docstring).
 
     Keys: ``model_scale`` ("about 1.1 million parameters"), ``scale_gap`` (the orders of magnitude to the
     paper's smallest model, as a phrase), ``scale_factor`` ("about 100,000 times larger", how much larger
     the paper's smallest model is; "not larger" when ours is as large), ``paper_scale`` ("109 to 400
-    billion parameters").
+    billion parameters") and, given ``n_blocks``, ``n_blocks`` (the number of transformer blocks).
     """
     n = float(n_parameters)
     low, high = PAPER_PARAMETERS
     words = {"model_scale": f"{approximate_count(n)} parameters",
              "paper_scale": f"{low / 1e9:.0f} to {high / 1e9:.0f} billion parameters"}
+    if n_blocks is not None:
+        words["n_blocks"] = str(int(n_blocks))
     if n >= low:
         words["scale_gap"] = "within the paper's range of model sizes" if n <= high else "larger than the paper's models"
         words["scale_factor"] = "not larger"
