@@ -155,3 +155,42 @@ def test_depth_words_say_furthest_beyond_only_when_a_block_exceeds_its_null():
         assert words["deepest_layer"] == str(int(beyond.idxmax())) and words["n_layers"] == str(n)
         assert ("furthest beyond" in words["depth_sentence"]) == (beyond.max() > 0)
         assert ("no block's drift" in words["depth_sentence"]) == (beyond.max() <= 0)
+
+
+# ---------------------------------------------------------------- chapter 01: intransigence, held-out loss
+
+
+def test_intransigence_words_follow_the_sign():
+    for value in (-0.15, -0.021, -0.01, 0.0, 0.015, 0.02, 0.3, float("nan")):
+        words = nm.intransigence_words(value)
+        if not math.isfinite(value):
+            assert "not measured" in words
+        elif value > nm.FLAT:
+            assert words.startswith(": positive") and "less well" in words
+        elif value < -nm.FLAT:
+            assert words.startswith(": negative") and "better" in words
+        else:
+            assert "about equally well" in words
+
+
+def test_heldout_words_compare_with_the_uniform_guess():
+    rng = np.random.default_rng(5)
+    for _ in range(N_CASES):
+        vocab = int(rng.integers(50, 60_000))
+        before, after = rng.uniform(0, 2 * math.log(vocab), 2)
+        words = nm.heldout_words(before, after, vocab)
+        assert f"{math.log(vocab):.2f} nats of a uniform guess over its {vocab} tokens" in words
+        assert ("worse than guessing" in words) == (after > math.log(vocab))
+        if after <= math.log(vocab):
+            change = after - before
+            assert ("it rises" in words) == (change > nm.FLAT) and ("it falls" in words) == (change < -nm.FLAT)
+    assert nm.heldout_words(float("nan"), 1.0, 100) == "not measured on this run"
+
+
+def test_output_vocabulary_is_the_models_logit_count():
+    from forgetting.models import load_model, output_vocabulary
+    from forgetting.models.embedded import embedded_dir
+
+    model, _ = load_model("tiny")
+    assert output_vocabulary("tiny") == model.get_output_embeddings().weight.shape[0]
+    assert output_vocabulary(str(embedded_dir("tiny"))) == output_vocabulary("tiny")

@@ -3,7 +3,8 @@
 
 With the thebe launch button off it drops sphinx-thebe's scripts (Jupyter Book always loads
 sphinx-thebe, which adds its configuration script twice: a console SyntaxError on every page), and
-it gives pydata-sphinx-theme a default colour mode (without one it logs a console error).
+it gives pydata-sphinx-theme a default colour mode (without one it logs a console error), and it
+registers the bibliography's author-year style (:mod:`forgetting.book.bibliography`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def _theme_defaults(app, config) -> None:
 
 def setup(app) -> dict:
     """Sphinx extension for the book: no sphinx-thebe scripts when thebe is off; a default colour mode."""
+    from forgetting.book.bibliography import register
+
+    register()  # the bibliography's author-year labels (bibtex_default_style: authoryear)
     app.connect("config-inited", _theme_defaults)
     app.connect("builder-inited", _drop_thebe)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -42,7 +42,12 @@ from forgetting.book.narrative.landscape import (
     spectrum_words,
     taylor_words,
 )
-from forgetting.book.narrative.measuring import early_forgetting_words, transfer_words
+from forgetting.book.narrative.measuring import (
+    early_forgetting_words,
+    heldout_words,
+    intransigence_words,
+    transfer_words,
+)
 from forgetting.book.narrative.scale import approximate_count, scale_words
 from forgetting.book.narrative.similarity import (
     correlation_words,
@@ -68,6 +73,8 @@ __all__ = [
     "drift_words",
     "early_forgetting_words",
     "head_drift_words",
+    "heldout_words",
+    "intransigence_words",
     "jackknife_words",
     "layer_words",
     "matched_words",

@@ -93,3 +93,44 @@ def early_forgetting_words(curve: pd.Series, learned: float, end: float, stage_s
         words["early_clause"] = (f"is still {num(first_value)} (from {num(learned)}): more than half of "
                                  f"the stage's drop comes later{when}")
     return words
+
+
+def intransigence_words(intransigence: float, margin: float = FLAT) -> str:
+    """Completes "Intransigence against the joint multi-task run is <I>": what its sign means.
+
+    ``I = mean_k (a*_k - R[k, k])`` (:func:`forgetting.metrics.intransigence_per_task`): positive when
+    sequential training learned its tasks less well than joint training, negative when better. Within
+    ``margin`` of 0 the two learned about equally well.
+    """
+    if not math.isfinite(intransigence):
+        return ": not measured on this run (no joint-training reference)"
+    if intransigence > margin:
+        return (": positive, so right after its own stage each task is learned less well than joint training "
+                "on all of them learns it")
+    if intransigence < -margin:
+        return (": negative, so right after its own stage each task is learned better than by joint training "
+                "(a stage trains on its task alone, the joint run on a mixture of all of them), and "
+                "sequential training pays for its forgetting later, not in how well it learns")
+    return f": within {margin} of 0, so sequential and joint training learn each task about equally well"
+
+
+def heldout_words(before: float, after: float, vocab_size: int) -> str:
+    """Completes the sentence on the pretraining corpus's held-out loss (nats per token).
+
+    The reference is the loss of a uniform guess over the vocabulary, ``ln V``: a model whose loss is
+    above it does worse than guessing: the geometric mean of the right tokens' probabilities,
+    ``exp(-loss)``, is below ``1/V``. Rules: "above the uniform guess" when ``after > ln V``; otherwise
+    "rises" / "falls" by the sign of ``after - before`` beyond ``FLAT``, else "about unchanged".
+    """
+    if not (math.isfinite(before) and math.isfinite(after)):
+        return "not measured on this run"
+    uniform = math.log(vocab_size)
+    text = f"{num(before)} nats per token before fine-tuning, {num(after)} after the last task"
+    if after > uniform:
+        return (f"{text}: above the {num(uniform)} nats of a uniform guess over its {vocab_size} tokens, so on the "
+                "statements it was pretrained on the model now does worse than guessing: "
+                "its probability is concentrated on tokens other than the right ones (a loss above ln V means the "
+                "right tokens' probabilities have a geometric mean below 1/V)")
+    change = after - before
+    word = "rises" if change > FLAT else "falls" if change < -FLAT else "stays about where it was"
+    return f"{text}: it {word}, and stays below the {num(uniform)} nats of a uniform guess over its {vocab_size} tokens"
