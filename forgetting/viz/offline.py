@@ -12,6 +12,8 @@ book read offline. Here:
   ``<div>`` plus a call to the global ``vegaEmbed`` with the spec (data embedded). Only where that
   global is missing (a live Jupyter or Colab kernel, which have the network) does the script load
   vega-embed from the CDN, pinned to the versions this Altair emits.
+- Altair 5 and 6 both work: :func:`display_module` picks ``altair.vegalite.v5`` or ``v6`` from
+  ``alt.SCHEMA_VERSION`` (Colab ships Altair 5; the lock pins 6).
 - In the kernels the book build executes chapters in (``STATIC_ENV`` set by ``forgetting.book.KERNEL_ENV``)
   the charts are for the static book, which always carries the bundle: their scripts name no CDN,
   and say so on the page if the bundle did not load.
@@ -19,6 +21,7 @@ book read offline. Here:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import uuid
@@ -42,9 +45,25 @@ _CDN = "https://cdn.jsdelivr.net/npm/"
 STATIC_ENV = "FORGETTING_STATIC_BOOK"
 
 
-def _versions() -> dict[str, str]:
-    from altair.vegalite.v6 import display
+def display_module():
+    """The ``altair.vegalite.v<major>.display`` module of the installed Altair (``v5`` in Altair 5, ``v6`` in 6).
 
+    Picked from ``alt.SCHEMA_VERSION`` (``"v5.20.1"``, ``"v6.4.1"``): Colab images ship Altair 5, the lock
+    pins Altair 6, and each has only its own ``vegalite/v<major>`` package.
+    """
+    major = alt.SCHEMA_VERSION.lstrip("v").split(".", 1)[0]
+    try:
+        return importlib.import_module(f"altair.vegalite.v{major}.display")
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            f"altair {alt.__version__} (Vega-Lite schema {alt.SCHEMA_VERSION}) has no altair.vegalite.v{major}.display; "
+            "the forgetting charts support Altair 5.4+ and 6"
+        ) from err
+
+
+def _versions() -> dict[str, str]:
+    """The vega, vega-lite and vega-embed versions the installed Altair emits (for the CDN fallback)."""
+    display = display_module()
     return {
         "vega": display.VEGA_VERSION,
         "vega-lite": display.VEGALITE_VERSION,
