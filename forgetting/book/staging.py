@@ -9,7 +9,9 @@ the book root.
    (:func:`forgetting.book.notebooks.sync_notebooks`).
 4. :func:`stage_book` makes ``_build/stage/``, a copy of the book in which each chapter's ``.md``
    is replaced by its executed ``.ipynb`` (same name, so ``_toc.yml`` is unchanged; the Colab
-   launch button therefore targets ``chapters/<name>.ipynb``, the paired notebook in the repository).
+   launch button therefore targets ``chapters/<name>.ipynb``, the paired notebook in the repository)
+   and under each title a sentence with the chapter's measured runtime
+   (:func:`forgetting.book.runtime.add_runtime_note`).
 5. :func:`run_jupyter_book`: ``jupyter-book build _build/stage --path-output . --all -W -n
    --keep-going`` (nitpicky, warnings are errors, ``execute_notebooks: off``) writes ``_build/html``
    and its stamp (:func:`forgetting.book.freshness.html_is_fresh`); a build with nothing changed
@@ -43,6 +45,7 @@ from forgetting.book.freshness import (
     package_fingerprint,
 )
 from forgetting.book.notebooks import _read_md, setup_cell_problem, sync_notebooks
+from forgetting.book.runtime import add_runtime_note
 from forgetting.book.vendor import vendor_assets
 from forgetting.viz.offline import write_bundle
 
@@ -94,6 +97,8 @@ def stage_book(root: Path, chapters: list[Chapter], *, subset: bool) -> Path:
         target = stage / f"{c.name}.ipynb" if c.notebook else stage / f"{c.name}.md"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(c.executed if c.notebook else c.source, target)
+        if c.notebook:
+            add_runtime_note(target, c.stamp)
     for extra in ("_static", "_templates"):
         if (root / extra).is_dir():
             shutil.copytree(root / extra, stage / extra, ignore=shutil.ignore_patterns(*_SKIP_DIRS))
