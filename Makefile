@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: book test setup pretrain results clean-book vendor chromium sync-notebooks
+.PHONY: book test setup pretrain results clean-book vendor chromium sync-notebooks colab-notebooks
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ chromium:
 # Rewrite each chapter's paired .ipynb (and Colab setup cell) from its .md.
 sync-notebooks: setup
 	$(BIN)/python -c 'from forgetting.book import sync_notebooks; print(*sync_notebooks(), sep="\n")'
+
+# The notebooks the Colab links open (notebooks/*.ipynb, committed): each executed chapter with its glued
+# numbers in the prose and its MyST as plain Markdown (see forgetting/book/colab_render.py).
+colab-notebooks: book
+	$(BIN)/python -c 'from forgetting.book import render_colab_notebooks; print(*render_colab_notebooks(), sep="\n")'
 
 results: setup pretrain
 	$(BIN)/forgetting results --profile full

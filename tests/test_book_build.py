@@ -113,7 +113,7 @@ def test_repository_url_lives_in_config_and_drives_colab():
     assert f'"--branch", "{config["repository"]["branch"]}", "{url}"' in colab.setup_cell_source()
     assert url in colab.setup_cell_source()
     assert colab.colab_url("chapters/00_introduction") == (
-        "https://colab.research.google.com/github/forgetting-companion/forgetting/blob/main/chapters/00_introduction.ipynb"
+        "https://colab.research.google.com/github/forgetting-companion/forgetting/blob/main/notebooks/00_introduction.ipynb"
     )
     # nothing else in the package spells the URL
     for path in (REPO / "forgetting").rglob("*.py"):

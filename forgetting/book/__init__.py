@@ -25,6 +25,9 @@ root, one module per job:
   errors) writes ``_build/html`` from it. Builds of one book are serialised by a lock file.
 - :mod:`forgetting.book.notebooks`: the paired ``.ipynb`` files, regenerated from the sources on
   every build, and each chapter's first cell, the Colab setup cell of :mod:`forgetting.book.colab`.
+- :mod:`forgetting.book.colab_render`: the notebooks the Colab links open, ``notebooks/<stem>.ipynb``:
+  each executed chapter with its glued numbers written into the prose and its MyST turned into plain
+  Markdown (``make colab-notebooks``).
 - :mod:`forgetting.book.sphinx_ext`: the book's small Sphinx extension; its ``setup`` is
   re-exported here, so ``_config.yml`` names ``forgetting.book`` as an extension.
 
@@ -59,6 +62,7 @@ from forgetting.book.freshness import (
 )
 from forgetting.book.execute import KERNEL, KERNEL_ENV, ChapterExecutionError, execute_chapter
 from forgetting.book.notebooks import paired_notebook, setup_cell_problem, sync_notebooks
+from forgetting.book.colab_render import render_colab_notebooks
 from forgetting.book.staging import build_book, run_jupyter_book, stage_book, write_static
 from forgetting.book.sphinx_ext import setup
 
@@ -86,6 +90,7 @@ __all__ = [
     "package_fingerprint",
     "paired_notebook",
     "read_config",
+    "render_colab_notebooks",
     "run_jupyter_book",
     "setup",
     "setup_cell_problem",

@@ -6,6 +6,12 @@ that runs in Colab before the package exists there, so it cannot import anything
 from ``_config.yml`` by :func:`setup_cell_source`, written into each chapter by
 :func:`forgetting.book.notebooks.sync_notebooks`, and ``tests/test_notebooks_sync.py`` checks that every
 chapter's copy matches.
+
+The "Open in Colab" links (:func:`colab_url`, and the launch buttons of the book, rewritten by
+:func:`retarget_launch_buttons`) open the chapter's *rendered* notebook, ``notebooks/<stem>.ipynb``
+(:data:`COLAB_DIR`): the executed chapter with its glued numbers in the prose and its MyST turned into
+plain Markdown (:mod:`forgetting.book.colab_render`, ``make colab-notebooks``). The paired
+``chapters/<stem>.ipynb`` stay the jupytext copies of the sources.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from forgetting.book.config import read_config
 
 SETUP_TAG = "colab-setup"
 COLAB = "https://colab.research.google.com"
+#: The folder (from the repository root) of the rendered Colab notebooks, one ``<stem>.ipynb`` per chapter.
+COLAB_DIR = "notebooks"
 
 
 def repository(root: str | Path | None = None) -> dict:
@@ -59,12 +67,29 @@ def setup_cell_source(root: str | Path | None = None) -> str:
     )
 
 
+def colab_path(chapter: str) -> str:
+    """The repository path of a chapter's rendered Colab notebook: ``notebooks/00_introduction.ipynb``."""
+    return f"{COLAB_DIR}/{Path(chapter).with_suffix('').name}.ipynb"
+
+
 def colab_url(chapter: str, root: str | Path | None = None) -> str:
-    """The Colab link of a chapter's paired notebook, e.g. ``colab_url("chapters/00_introduction")``."""
+    """The Colab link of a chapter's rendered notebook, e.g. ``colab_url("chapters/00_introduction")``."""
     repo = repository(root)
     owner_name = repo["url"].removeprefix("https://github.com/")
-    path = "/".join(p for p in (repo["path_to_book"].strip("/"), f"{Path(chapter).with_suffix('')}.ipynb") if p)
+    path = "/".join(p for p in (repo["path_to_book"].strip("/"), colab_path(chapter)) if p)
     return f"{COLAB}/github/{owner_name}/blob/{repo['branch']}/{path}"
 
 
-__all__ = ["SETUP_TAG", "colab_url", "repository", "setup_cell_source"]
+def retarget_launch_buttons(app, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Sphinx ``html-page-context`` handler (after sphinx-book-theme's, priority 501): a chapter's Colab
+    launch button opens :func:`colab_url` (the rendered notebook), not the page's own source."""
+    for group in context.get("header_buttons") or []:
+        if group.get("label") != "launch-buttons":
+            continue
+        for button in group.get("buttons") or []:
+            if str(button.get("url", "")).startswith(f"{COLAB}/"):
+                button["url"] = colab_url(pagename, app.srcdir)
+
+
+__all__ = ["COLAB_DIR", "SETUP_TAG", "colab_path", "colab_url", "repository", "retarget_launch_buttons",
+           "setup_cell_source"]

@@ -4,7 +4,9 @@
 With the thebe launch button off it drops sphinx-thebe's scripts (Jupyter Book always loads
 sphinx-thebe, which adds its configuration script twice: a console SyntaxError on every page), and
 it gives pydata-sphinx-theme a default colour mode (without one it logs a console error), and it
-registers the bibliography's author-year style (:mod:`forgetting.book.bibliography`).
+registers the bibliography's author-year style (:mod:`forgetting.book.bibliography`), and points each
+chapter's Colab launch button at its rendered notebook in ``notebooks/``
+(:func:`forgetting.book.colab.retarget_launch_buttons`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ def _theme_defaults(app, config) -> None:
 def setup(app) -> dict:
     """Sphinx extension for the book: no sphinx-thebe scripts when thebe is off; a default colour mode."""
     from forgetting.book.bibliography import register
+    from forgetting.book.colab import retarget_launch_buttons
 
     register()  # the bibliography's author-year labels (bibtex_default_style: authoryear)
     app.connect("config-inited", _theme_defaults)
     app.connect("builder-inited", _drop_thebe)
+    app.connect("html-page-context", retarget_launch_buttons, priority=502)  # after the theme's (501)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 

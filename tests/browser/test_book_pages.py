@@ -12,6 +12,7 @@ import re
 import pytest
 
 from forgetting import book, paths
+from forgetting.book import colab
 
 pytestmark = pytest.mark.browser
 
@@ -128,7 +129,7 @@ def test_every_chart_draws_and_its_selects_change_it(served_book, visit):
     assert operated > 0, "no chart in the book has a select to operate"
 
 
-def test_colab_links_open_the_paired_notebooks(served_book, visit):
+def test_colab_links_open_the_rendered_notebooks(served_book, visit):
     pages = [p for p in served_book.pages() if (served_book.root / p).with_suffix(".md").is_file()]
     chapters = [p for p in pages if book.is_notebook_source((served_book.root / p).with_suffix(".md"))]
     assert chapters, "no notebook chapter in the book"
@@ -145,7 +146,9 @@ def test_colab_links_open_the_paired_notebooks(served_book, visit):
             assert m, href
             assert m.group(3).endswith(".ipynb"), f"{page_path}: Colab link {href} is not a notebook"
             assert (paths.REPO_ROOT / m.group(3)).is_file(), f"{href}: {m.group(3)} is not in the repository"
-            assert m.group(3) == page_path[: -len(".html")] + ".ipynb"
+            # the rendered notebook (numbers in the prose, plain Markdown), not the jupytext pair
+            assert m.group(3) == colab.colab_path(page_path[: -len(".html")]), href
+            assert m.group(3).startswith(f"{colab.COLAB_DIR}/"), href
 
 
 # ----------------------------------------------------------------------------------------------
