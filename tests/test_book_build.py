@@ -92,7 +92,7 @@ def test_bad_profile_and_unknown_chapter_are_refused_before_any_work(tmp_path):
 
 
 def test_toc_lists_the_chapters_and_missing_sources_are_named(tmp_path):
-    assert book.toc_chapters(REPO)[:2] == ["chapters/00_introduction", "chapters/01_measuring_forgetting"]
+    assert book.toc_chapters(REPO)[:3] == ["chapters/00_introduction", "chapters/syllabus", "chapters/01_measuring_forgetting"]
     root = make_book(tmp_path / "b", {"chapters/a": chapter_md("A", code("x = 1")), "chapters/b": "x"})
     (root / "chapters" / "b.md").unlink()
     with pytest.raises(book.BookBuildError, match=r"chapter chapters/b: .*b\.md does not exist"):
