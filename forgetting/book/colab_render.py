@@ -40,7 +40,7 @@ from forgetting.book.colab import COLAB_DIR
 from forgetting.book.freshness import _sha
 
 GLUE_MIME = "application/papermill.record/text/plain"
-#: Metadata key of a rendered notebook: where it came from (chapter, parameters, source hash).
+#: The notebook metadata key under which a rendered notebook records its chapter, parameters and source hash.
 META_KEY = "forgetting_colab"
 BIB_FILE = "chapters/references.bib"
 
@@ -396,7 +396,8 @@ def render_colab_notebooks(root: str | Path | None = None, *, chapters: Iterable
 
 
 def raw_myst(text: str) -> list[str]:
-    """The raw MyST left in a rendered notebook's text: roles, ``:::{`` and ```` ```{ ```` fences (empty: clean)."""
+    """The raw MyST left in a rendered notebook's text (empty: clean): roles such as ``{glue:text}``, and
+    directive fences (three or more colons or backticks followed by an opening brace)."""
     found = [m.group(0) for m in _ROLE.finditer(text)]
     found += [line for line in text.split("\n") if re.match(r"^\s*(:{3,}|`{3,})\{", line)]
     return found
