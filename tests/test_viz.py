@@ -193,7 +193,10 @@ def test_layer_head_heatmap_select_and_slider(tmp_path):
     assert params["metric"]["bind"]["options"] == ["disruption", "alignment"]
     slider = params["at_step"]["bind"]
     assert slider["input"] == "range" and (slider["min"], slider["max"], slider["step"]) == (0, 60, 20)
-    assert params["at_step"]["value"] == 60
+    assert params["at_step"]["value"] == 0 and slider["name"] == "step "  # opens at the first step
+    assert _params(layer_head_heatmap(df, ["disruption"], initial_step=40).to_dict())["at_step"]["value"] == 40
+    with pytest.raises(ValueError, match="initial_step: 30 is not one of the step values shown"):
+        layer_head_heatmap(df, ["disruption"], initial_step=30)
     rows = _data(spec)
     assert len(rows) == 4 * 8 * 4 * 2  # layers x heads x steps x measurements
     rect = spec["layer"][0]
@@ -205,6 +208,7 @@ def test_layer_head_heatmap_select_and_slider(tmp_path):
     # a signed measurement gets a symmetric domain so 0 sits in the middle of the diverging scale
     bound = max(abs(df["alignment"].min()), abs(df["alignment"].max()))
     assert bound < 1 and json.dumps([-1.0, 1.0]) in scale["domain"]["expr"]  # rounded up to a round number
+    assert scale["clamp"] is True
     _render(spec, tmp_path / "heads.png")
 
 
@@ -212,6 +216,8 @@ def test_layer_head_heatmap_irregular_steps_and_no_steps(tmp_path):
     spec = layer_head_heatmap(_heads(steps=(0, 10, 50, 200)), ["disruption"]).to_dict()
     slider = _params(spec)["at_step"]["bind"]
     assert (slider["min"], slider["max"], slider["step"]) == (0, 3, 1)  # snapshots, captioned with the step
+    opened = _params(layer_head_heatmap(_heads(steps=(0, 10, 50, 200)), ["disruption"], initial_step=50).to_dict())
+    assert opened["at_step"]["value"] == 2  # the snapshot index of step 50
     assert any("caption" in json.dumps(layer) for layer in spec["layer"])
     _render(spec, tmp_path / "heads_irregular.png")
     static = layer_head_heatmap(_heads(steps=(0,)).drop(columns="step"), ["disruption", "alignment"]).to_dict()
@@ -281,3 +287,14 @@ def test_wrapped_bundle_keeps_its_names_out_of_the_global_scope(tmp_path):
     mtime = path.stat().st_mtime_ns
     offline.write_bundle(tmp_path)
     assert path.stat().st_mtime_ns == mtime  # unchanged content is not rewritten
+
+
+def test_a_signed_colour_scale_is_not_set_by_one_outlier():
+    from forgetting.viz.charts import SIGNED_QUANTILE, _value_domains
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.uniform(-1.3, 1.3, 200), [10.0]])  # z-scores of about 1 and one of 10
+    df = pd.DataFrame({"metric": "z", "value": values})
+    low, high = _value_domains(df, ["z"], signed=["z"])["z"]
+    assert low == -high and np.quantile(np.abs(values), SIGNED_QUANTILE) <= high < 10
+    assert (np.abs(values) > high).sum() <= 0.02 * len(values) + 1  # the few beyond it are clamped

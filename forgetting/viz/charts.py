@@ -90,15 +90,28 @@ def _nice_ceil(x: float) -> float:
     return next(step * power for step in (1, 2, 2.5, 5, 10) if step * power >= x - 1e-15)
 
 
+#: The smallest font size (px) of any text a chart draws; axis and legend labels are Vega-Lite's 10 px.
+MIN_FONT = 10
+#: The quantile of |value| that bounds a signed metric's colour scale (see :func:`_value_domains`).
+SIGNED_QUANTILE = 0.98
+
+
 def _value_domains(df: pd.DataFrame, metrics: Sequence[str], signed: Sequence[str] = ()) -> dict[str, list[float]]:
-    """Colour/axis domain per metric: [0, 1] for rates, [0, max] for losses, symmetric for signed ones."""
+    """Colour/axis domain per metric: [0, 1] for rates, [0, max] for losses, symmetric for signed ones.
+
+    A signed metric's bound is the ``SIGNED_QUANTILE`` (98 %) quantile of ``|value|``, rounded up: one
+    outlier (a z-score of 10 among values of about 1) would otherwise wash every other cell out; the
+    few values beyond it are drawn at the end of the scale (the charts' scales clamp) and keep their
+    exact value in the tooltip.
+    """
     out: dict[str, list[float]] = {}
     for metric in metrics:
         values = df.loc[df["metric"] == metric, "value"].astype(float)
         values = values[np.isfinite(values)]
         lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
         if metric in signed:
-            bound = _nice_ceil(max(abs(lo), abs(hi), 1e-12))
+            bound = _nice_ceil(max(float(np.quantile(np.abs(values), SIGNED_QUANTILE)) if len(values) else 1.0,
+                                   1e-12))
             out[metric] = [-bound, bound]
         elif lo >= 0 and hi <= 1 and not lower_is_better(metric):
             out[metric] = [0.0, 1.0]
@@ -218,12 +231,12 @@ def r_matrix_heatmap(
     rect = base.mark_rect(stroke="white", strokeWidth=1).encode(
         color=alt.Color(
             "value:Q",
-            title="value",
+            title="selected metric",
             scale=alt.Scale(scheme="viridis", domain=_per_metric_expr("metric", domains, [0, 1]), reverse=reverse),
             legend=alt.Legend(orient="right", gradientLength=max(80, cell_size * n_rows - 20)),
         )
     )
-    text = base.mark_text(fontSize=max(9, min(13, cell_size // 4))).encode(
+    text = base.mark_text(fontSize=max(MIN_FONT, min(13, cell_size // 4))).encode(
         text=alt.Text("value:Q", format=".2f"),
         color=alt.condition("datum.goodness > 0.55", alt.value("black"), alt.value("white")),
     )
@@ -384,8 +397,13 @@ def layer_head_heatmap(
     subtitle: str | Sequence[str] = "",
     cell_size: int = 26,
     max_rows: int = MAX_ROWS,
+    initial_step: int | None = None,
 ) -> alt.LayerChart:
     """A layer x head grid with a select over ``value_columns`` and, when ``step`` is a column, a slider over steps.
+
+    The slider is labelled with the column's name (``step="stage"`` gives a "stage" slider) and opens
+    at ``initial_step`` (default: the first step, where a chapter's prose usually starts; a value that
+    is not among the steps shown is an error).
 
     ``df`` has one row per (layer, head[, step]) (extra rows, e.g. seeds, are averaged) and one
     column per measurement (``value_columns``, e.g. ``["disruption", "alignment"]``). Layer 0 is at
@@ -419,14 +437,18 @@ def layer_head_heatmap(
             warnings.warn(f"layer_head_heatmap: showing {len(steps)} of {long['step'].nunique()} steps to stay under {max_rows} rows", stacklevel=2)
         long = long[long["step"].isin(steps)].reset_index(drop=True)
         diffs = np.diff(steps)
+        start = int(steps[0]) if initial_step is None else int(initial_step)
+        if start not in {int(s) for s in steps}:
+            raise ValueError(f"initial_step: {initial_step} is not one of the {step} values shown "
+                             f"({', '.join(str(int(s)) for s in steps)})")
         if len(steps) > 1 and np.all(diffs == diffs[0]):
-            params.append(alt.param(name="at_step", value=int(steps[-1]), bind=alt.binding_range(
-                min=int(steps[0]), max=int(steps[-1]), step=int(diffs[0]), name="step ")))
+            params.append(alt.param(name="at_step", value=start, bind=alt.binding_range(
+                min=int(steps[0]), max=int(steps[-1]), step=int(diffs[0]), name=f"{step} ")))
             filters.append("datum.step == at_step")
         else:
             index = {s: i for i, s in enumerate(steps)}
             long["snapshot"] = long["step"].map(index)
-            params.append(alt.param(name="at_step", value=len(steps) - 1, bind=alt.binding_range(
+            params.append(alt.param(name="at_step", value=index[start], bind=alt.binding_range(
                 min=0, max=max(1, len(steps) - 1), step=1, name="snapshot ")))
             filters.append("datum.snapshot == at_step")
             step_caption = "'step ' + " + _js([int(s) for s in steps]) + "[at_step]"
@@ -448,14 +470,14 @@ def layer_head_heatmap(
         ],
     )
     rect = base.mark_rect(stroke="white", strokeWidth=0.5).encode(
-        color=alt.Color("value:Q", title="value", scale=alt.Scale(
-            scheme=scheme, domain=_per_metric_expr("metric", domains, [0, 1]))),  # redblue: red = negative
+        color=alt.Color("value:Q", title="selected measurement", scale=alt.Scale(
+            scheme=scheme, domain=_per_metric_expr("metric", domains, [0, 1]), clamp=True)),  # redblue: red = negative
     )
     parts: list[alt.Chart] = [rect]
     if labels:
         # light label on dark cells: the far ends of the diverging scale and the low end of viridis
         dark = f"indexof({_js(list(signed))}, metric) >= 0 ? datum.shade > 0.6 : datum.shade < 0.55"
-        parts.append(base.mark_text(fontSize=max(8, min(11, cell_size // 3))).encode(
+        parts.append(base.mark_text(fontSize=max(MIN_FONT, min(11, cell_size // 3))).encode(
             text=alt.Text("value:Q", format=".2f"),
             color=alt.condition(dark, alt.value("white"), alt.value("black")),
         ))

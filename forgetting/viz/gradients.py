@@ -126,7 +126,9 @@ def head_alignment_heatmap(
         color=alt.condition("abs(datum.value) > 0.6", alt.value("white"), alt.value("black")),
     )
     lines = [subtitle] if isinstance(subtitle, str) else list(subtitle)
-    lines = [s for s in lines if s] + ["Red: the old task's gradient conflicts with the new task's (cosine < 0)."]
+    key = ("Red: cosine < 0. Observed: the old task's gradient conflicts with the new task's; "
+           "null: the two halves of the old task's data disagree.")
+    lines = [s for s in lines if s] + [key]
     return alt.layer(rect, text).add_params(*params).properties(
         width=cell_size * len(heads), height=cell_size * len(layers),
         title=alt.TitleParams(title, subtitle=lines, anchor="start"),

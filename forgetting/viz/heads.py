@@ -17,7 +17,7 @@ import pandas as pd
 
 from forgetting import paths
 from forgetting.stats import bootstrap_mean_ci
-from forgetting.viz.charts import PAIR_KEYS, _check_columns, _js, _per_metric_expr, _value_domains
+from forgetting.viz.charts import MIN_FONT, PAIR_KEYS, _check_columns, _js, _per_metric_expr, _value_domains
 
 #: Measures in the heatmap's select (column of :func:`head_table` -> label).
 #: ``weight_change`` depends on the snapshots only, not on the old task's data: it is not last, so that
@@ -66,7 +66,7 @@ def head_table(heads: pd.DataFrame, severity: pd.DataFrame | None = None) -> pd.
 
 def head_disruption_heatmap(table: pd.DataFrame, *, measures: Sequence[str] | None = None,
                             pair: str | None = None, title: str = "Head disruption",
-                            subtitle: str | Sequence[str] = "", cell_size: int = 30) -> alt.LayerChart:
+                            subtitle: str | Sequence[str] = "", cell_size: int = 44) -> alt.LayerChart:
     """Layer x head heatmap with a select for the measure and a select for the (stage, old task) pair.
 
     ``table``: :func:`head_table`. Heads judged severe by the null-calibrated combined rule (column
@@ -99,13 +99,13 @@ def head_disruption_heatmap(table: pd.DataFrame, *, measures: Sequence[str] | No
                  alt.Tooltip("severe:N", title="severe (vs null)")],
     )
     rect = base.mark_rect().encode(
-        color=alt.Color("value:Q", title="value", scale=alt.Scale(
-            scheme=scheme, domain=_per_metric_expr("head_measure", domains, [0, 1]), reverse={
+        color=alt.Color("value:Q", title="selected measure", scale=alt.Scale(
+            scheme=scheme, domain=_per_metric_expr("head_measure", domains, [0, 1]), clamp=True, reverse={
                 "expr": f"indexof({_js(signed)}, head_measure) >= 0"})),
         stroke=alt.condition("datum.severe", alt.value("black"), alt.value("white")),
         strokeWidth=alt.condition("datum.severe", alt.value(2.5), alt.value(0.5)),
     )
-    text = base.mark_text(fontSize=9).encode(
+    text = base.mark_text(fontSize=MIN_FONT).encode(
         text=alt.Text("value:Q", format=".2f"),
         color=alt.value("#222"),
         opacity=alt.value(0.8),
