@@ -16,7 +16,7 @@ DEFAULT_THREADS = 1
 
 def wanted_threads() -> int | None:
     """``FORGETTING_THREADS``, else ``None`` when ``OMP_NUM_THREADS`` is set (torch already follows it),
-    else :data:`DEFAULT_THREADS`."""
+    else ``DEFAULT_THREADS``."""
     if os.environ.get("FORGETTING_THREADS"):
         return max(1, int(os.environ["FORGETTING_THREADS"]))
     return None if os.environ.get("OMP_NUM_THREADS") else DEFAULT_THREADS

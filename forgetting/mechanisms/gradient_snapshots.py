@@ -207,9 +207,9 @@ def snapshot_alignment(
     """Alignment of the old and new task's gradients at each snapshot along training of the new task.
 
     At each snapshot s (e.g. every k steps, :meth:`forgetting.runs.run.Run.stage_snapshots`):
-    ``g_old(theta_s)`` and ``g_new(theta_s)`` and :func:`gradient_alignment` (a = old, b = new). With
+    ``g_old(theta_s)`` and ``g_new(theta_s)`` and :func:`~forgetting.mechanisms.gradient_units.gradient_alignment` (a = old, b = new). With
     ``fixed_old`` the old task's gradient is taken once, at the first snapshot (half the backward passes).
-    The model's weights are put back afterwards. Feed the result to :func:`step_conflict_rate` for the fraction of steps in conflict.
+    The model's weights are put back afterwards. Feed the result to :func:`~forgetting.mechanisms.gradients.step_conflict_rate` for the fraction of steps in conflict.
 
     Returns:
         alignment rows with ``snapshot`` (folder name) and ``step`` (from meta.json, else the position).

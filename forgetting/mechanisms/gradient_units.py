@@ -320,7 +320,7 @@ def gradient_alignment(
     Args:
         grad_a, grad_b: ``{name: tensor}`` with equal shapes for the names they share (only shared names
             are compared). Names as in ``model.named_parameters()`` (peft names are understood) or base
-            weight names (:func:`lora_task_gradients`' effective gradients).
+            weight names (:func:`~forgetting.mechanisms.loss_gradients.lora_task_gradients`' effective gradients).
         geometry: the model's :class:`~forgetting.models.geometry.AttentionGeometry`; ``model``: a model
             to read it from. With neither, names are classified by rule and there are no head rows.
         heads: include the ``"head"`` and ``"expert"`` rows.

@@ -1,5 +1,5 @@
 """Per-head disruption between two snapshots: how much each head's attention, output, weights and
-importance changed, measured on the old task's data (two :class:`HeadRecord` of the same examples).
+importance changed, measured on the old task's data (two :class:`~forgetting.mechanisms.head_records.HeadRecord` of the same examples).
 
 Notation as in ``forgetting.mechanisms.head_records``: ``L`` layers, ``H`` query heads, ``N`` read rows
 over ``T`` key positions, ``d`` head dim; ``p``, ``q`` an attention row before and after.
@@ -9,7 +9,7 @@ renormalised over those keys (a no-op up to rounding, because masked keys get ~0
 therefore changes nothing (tested by padding an example further).
 
 **Averaging** (``mean_rows``): first over the rows of each example, then over examples,
-``mean_rows(v) = (1/n) sum_e (1/|R_e|) sum_{r in R_e} v_r`` (:meth:`HeadRecord.row_weights`).
+``mean_rows(v) = (1/n) sum_e (1/|R_e|) sum_{r in R_e} v_r`` (:meth:`~forgetting.mechanisms.head_records.HeadRecord.row_weights`).
 
 **Metrics** (:func:`head_disruption`, one row per layer, head, metric):
 
@@ -127,7 +127,7 @@ def weight_change(weights_before: Mapping[str, torch.Tensor], weights_after: Map
 
     ``weight_change = sqrt(sum_P ||dW_P||^2 / sum_P ||W_P||^2)`` over P in q, k, v, o slices of the head
     (k and v slices of its key/value head ``h // (H // K)``); ``weight_change_P = ||dW_P|| / ||W_P||``;
-    ``dW = after - before``, norms of the before weights. Inputs as :func:`head_weights` returns them.
+    ``dW = after - before``, norms of the before weights. Inputs as :func:`~forgetting.mechanisms.head_records.head_weights` returns them.
     """
     kv = torch.tensor([geometry.kv_head(h) for h in range(geometry.num_heads)])
     num, den, out = 0.0, 0.0, {}
