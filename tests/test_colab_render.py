@@ -185,10 +185,14 @@ def test_committed_notebook_matches_the_executed_build(name):
     ch = book.chapter(name)
     if not ch.executed.is_file() or not ch.stamp.is_file():
         pytest.skip(f"{name} has not been executed (make book)")
-    if json.loads(ch.stamp.read_text())["source_sha256"] != _sha(ch.source.read_bytes()):
+    stamp = json.loads(ch.stamp.read_text())
+    if stamp["source_sha256"] != _sha(ch.source.read_bytes()):
         pytest.skip(f"the executed {name} is older than its source (make book)")
     fresh = colab_render.render_chapter(name)
     committed = nbformat.read(colab_render.rendered_path(name), as_version=4)
+    if committed.metadata.get(colab_render.META_KEY, {}).get("executed_at") != stamp.get("executed_at"):
+        # another execution (another machine's runs): its numbers, and the words ruled from them, may differ
+        pytest.skip(f"the committed notebook was rendered from another execution of {name} (make colab-notebooks)")
     assert [_mask(c.source) for c in committed.cells] == [_mask(c.source) for c in fresh.cells], FIX
     glue = colab_render.glue_values(nbformat.read(ch.executed, as_version=4))
     md = ch.source.read_text(encoding="utf-8")

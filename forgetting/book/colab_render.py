@@ -361,6 +361,9 @@ def render_chapter(chapter_name: str, root: str | Path | None = None, *, bib=Non
     rel = ch.source.relative_to(Path(root) if root is not None else paths.REPO_ROOT).as_posix()
     nb = render_notebook(executed, bib=bib, source=rel, parameters=stamp.get("parameters") or {})
     nb.metadata[META_KEY]["source_sha256"] = stamp.get("source_sha256", "")
+    # which execution the numbers come from: a build on another machine trains its own runs, whose
+    # numbers (and the words chosen from them) may differ, so only the same execution is comparable
+    nb.metadata[META_KEY]["executed_at"] = stamp.get("executed_at", "")
     return nb
 
 
