@@ -75,7 +75,9 @@ def _operate_sliders(page, where: str) -> int:
         for s in range(sliders.count()):
             slider = sliders.nth(s)
             before = chart.evaluate(SIGNATURE)
-            slider.evaluate("el => { el.value = el.min; el.dispatchEvent(new Event('input', {bubbles: true})); }")
+            # to the other end from where it opens (charts open at the first step, some at the last)
+            slider.evaluate("el => { el.value = (el.value === el.min ? el.max : el.min); "
+                            "el.dispatchEvent(new Event('input', {bubbles: true})); }")
             page.wait_for_function(f"(args) => ({SIGNATURE})(args[0]) !== args[1]",
                                    arg=[chart.element_handle(), before], timeout=10_000)
             operated += 1
