@@ -351,7 +351,7 @@ def render_chapter(chapter_name: str, root: str | Path | None = None, *, bib=Non
     """The Colab notebook of one chapter (toc name), from its executed notebook in ``_build/executed``."""
     import nbformat  # deferred: the [book] extra
 
-    from forgetting.book.config import BookBuildError, chapter
+    from forgetting.book.config import BookBuildError, chapter  # deferred: config imports this package's siblings
 
     ch = chapter(chapter_name, root)
     if not ch.executed.is_file():
@@ -377,7 +377,7 @@ def render_colab_notebooks(root: str | Path | None = None, *, chapters: Iterable
     """
     import nbformat  # deferred: the [book] extra
 
-    from forgetting.book.config import chapter, toc_chapters
+    from forgetting.book.config import chapter, toc_chapters  # deferred: as in render_chapter
 
     root_path = Path(root) if root is not None else paths.REPO_ROOT
     names = list(chapters) if chapters is not None else [n for n in toc_chapters(root_path)

@@ -33,8 +33,8 @@ def _theme_defaults(app, config) -> None:
 
 def setup(app) -> dict:
     """Sphinx extension for the book: no sphinx-thebe scripts when thebe is off; a default colour mode."""
-    from forgetting.book.bibliography import register
-    from forgetting.book.colab import retarget_launch_buttons
+    from forgetting.book.bibliography import register  # deferred: pybtex loads only in a Sphinx build
+    from forgetting.book.colab import retarget_launch_buttons  # deferred: as above, Sphinx-only
 
     register()  # the bibliography's author-year labels (bibtex_default_style: authoryear)
     app.connect("config-inited", _theme_defaults)

@@ -90,20 +90,14 @@ def _nice_ceil(x: float) -> float:
     return next(step * power for step in (1, 2, 2.5, 5, 10) if step * power >= x - 1e-15)
 
 
-#: The smallest font size (px) of any text a chart draws; axis and legend labels are Vega-Lite's 10 px.
-MIN_FONT = 10
-#: The quantile of |value| that bounds a signed metric's colour scale (see :func:`_value_domains`).
-SIGNED_QUANTILE = 0.98
+MIN_FONT = 10  #: smallest font size (px) a chart draws (Vega-Lite's axis and legend labels are 10 px)
+SIGNED_QUANTILE = 0.98  #: the quantile of |value| that bounds a signed colour scale
 
 
 def _value_domains(df: pd.DataFrame, metrics: Sequence[str], signed: Sequence[str] = ()) -> dict[str, list[float]]:
-    """Colour/axis domain per metric: [0, 1] for rates, [0, max] for losses, symmetric for signed ones.
-
-    A signed metric's bound is the ``SIGNED_QUANTILE`` (98 %) quantile of ``|value|``, rounded up: one
-    outlier (a z-score of 10 among values of about 1) would otherwise wash every other cell out; the
-    few values beyond it are drawn at the end of the scale (the charts' scales clamp) and keep their
-    exact value in the tooltip.
-    """
+    """Colour/axis domain per metric: [0, 1] for rates, [0, max] for losses, symmetric for signed ones,
+    bounded by the ``SIGNED_QUANTILE`` quantile of ``|value|`` so one outlier cannot wash the rest out
+    (values beyond it are clamped to the scale's end; the tooltip keeps them exact)."""
     out: dict[str, list[float]] = {}
     for metric in metrics:
         values = df.loc[df["metric"] == metric, "value"].astype(float)
@@ -401,9 +395,7 @@ def layer_head_heatmap(
 ) -> alt.LayerChart:
     """A layer x head grid with a select over ``value_columns`` and, when ``step`` is a column, a slider over steps.
 
-    The slider is labelled with the column's name (``step="stage"`` gives a "stage" slider) and opens
-    at ``initial_step`` (default: the first step, where a chapter's prose usually starts; a value that
-    is not among the steps shown is an error).
+    The slider is named after the column (``step="stage"``) and opens at ``initial_step`` (default: the first).
 
     ``df`` has one row per (layer, head[, step]) (extra rows, e.g. seeds, are averaged) and one
     column per measurement (``value_columns``, e.g. ``["disruption", "alignment"]``). Layer 0 is at
