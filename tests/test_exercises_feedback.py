@@ -1,0 +1,69 @@
+"""The exercise checkers added for issue 13 reject the usual wrong answers with a message that names the
+mistake (the right answers are run from the chapters themselves in test_exercises_solutions.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forgetting.evaluate import performance_matrix
+from forgetting.exercises import ExerciseFeedback, check_bwt_from_evals, evals_case
+
+
+def _bwt(R):
+    T = len(R)
+    return sum(R[T - 1, j] - R[j, j] for j in range(T - 1)) / (T - 1)
+
+
+# chapter 01, exercise 3 ----------------------------------------------------------------------------------
+
+
+def test_bwt_from_evals_reference_value():
+    R = performance_matrix(evals_case(), "exact_match").iloc[1:].to_numpy()
+    assert _bwt(R) == pytest.approx(-0.4)
+
+
+@pytest.mark.parametrize(("wrong", "message"), [
+    (lambda e, m="exact_match": _bwt((-1 if m == "loss" else 1) * performance_matrix(e, m).to_numpy()), "stage 0"),
+    (lambda e, m="exact_match": _bwt(performance_matrix(e, m).iloc[1:].to_numpy()), "lower is better"),
+    (lambda e, m="exact_match": _bwt((-1 if m == "loss" else 1) * e[(e.metric == m) & (e.task_index >= 0)]
+                                     .pivot_table(index="stage", columns="task_index", values="value")
+                                     .to_numpy()[1:]), "end_of_stage"),
+    (lambda e, m="exact_match": "bwt", "one number"),
+])
+def test_bwt_from_evals_rejects(wrong, message):
+    with pytest.raises(ExerciseFeedback, match=message):
+        check_bwt_from_evals(wrong)
+
+
+# chapter 02, exercise 3 ----------------------------------------------------------------------------------
+
+
+def test_first_order_range_reference():
+    from forgetting.exercises.gradients import first_order_range, segment_case
+
+    got = first_order_range(segment_case())
+    assert got["A"] == 0.2 and got["B"] == 0.2 and np.isnan(got["C"])
+
+
+def test_first_order_range_rejects():
+    from forgetting.exercises.gradients import check_first_order_range
+
+    def largest_inside(segment, tol=0.1):  # the largest t inside the band, also after the estimate left it
+        ok = segment[(segment["predicted"] / segment["observed"] - 1).abs() <= tol]
+        return ok.groupby("pair")["t"].max().reindex(["A", "B", "C"])
+
+    def absolute(segment, tol=0.1):
+        out = {}
+        for pair, g in segment.sort_values("t").groupby("pair"):
+            held = ((g["predicted"] - g["observed"]).abs() <= tol).cumprod().astype(bool)
+            out[pair] = g["t"][held].max() if held.any() else float("nan")
+        return pd.Series(out)
+
+    with pytest.raises(ExerciseFeedback, match="comes back at t = 0.8"):
+        check_first_order_range(largest_inside)
+    with pytest.raises(ExerciseFeedback, match="relative"):
+        check_first_order_range(absolute)
+    with pytest.raises(ExerciseFeedback, match="Series indexed by pair"):
+        check_first_order_range(lambda segment, tol=0.1: 0.2)
