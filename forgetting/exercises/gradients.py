@@ -105,4 +105,67 @@ def check_corrected_cosine(fn: Callable[[float, float], float]) -> str:
     return "Correct: corrected = cosine / sqrt(2c / (1 + c)), and undefined where the old task's own halves disagree."
 
 
-__all__ = ["alignment_case", "check_conflict_rate", "check_corrected_cosine"]
+def segment_case() -> pd.DataFrame:
+    """A ``segment`` table (pair, t, predicted, observed) of three pairs where the usual slips give different
+    answers: in pair A the estimate leaves the 10 % band at t = 0.4 and, by chance, comes back into it at
+    t = 0.8 (the largest t *inside* the band is not the largest t up to which it holds); in pair B the
+    observed change is 0 at one point (a relative error without a guard divides by 0) and the absolute
+    error stays small while the relative error grows; in pair C the estimate is off from the first point."""
+    t = [0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0]
+    rows = {
+        "A": ([0.05, 0.10, 0.20, 0.40, 0.60, 0.80, 1.00], [0.051, 0.104, 0.215, 0.50, 0.70, 0.82, 1.40]),
+        "B": ([0.010, 0.020, 0.040, 0.080, 0.120, 0.160, 0.200], [0.0101, 0.0205, 0.0390, 0.0, 0.150, 0.210, 0.30]),
+        "C": ([0.10, 0.20, 0.40, 0.80, 1.20, 1.60, 2.00], [0.20, 0.35, 0.60, 0.90, 1.10, 1.40, 1.60]),
+    }
+    return pd.DataFrame([{"pair": pair, "t": ti, "predicted": p, "observed": o}
+                         for pair, (pred, obs) in rows.items() for ti, p, o in zip(t, pred, obs)])
+
+
+def first_order_range(segment: pd.DataFrame, tol: float = 0.1) -> pd.Series:
+    """Per pair: the largest ``t`` up to which (at every point ``t' <= t``) the first-order estimate is within
+    ``tol`` of the observed change, ``|predicted / observed - 1| <= tol`` (an observed change of 0 is outside);
+    NaN where it is off at the smallest ``t`` already."""
+    out = {}
+    for pair, g in segment.sort_values("t").groupby("pair", sort=False):
+        obs = g["observed"].to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ok = np.abs(g["predicted"].to_numpy(dtype=float) / obs - 1) <= tol
+        ok &= obs != 0
+        n = len(ok) if ok.all() else int(np.argmin(ok))
+        out[pair] = float(g["t"].iloc[n - 1]) if n else float("nan")
+    return pd.Series(out, name="t").rename_axis("pair")
+
+
+def check_first_order_range(fn: Callable[..., pd.Series]) -> str:
+    """Check ``fn(segment, tol=0.1) -> Series`` (index: pair): the largest ``t`` up to which the first-order
+    estimate stays within ``tol`` (relative) of the observed change, NaN where it fails at the first point."""
+    case = segment_case()
+    want = first_order_range(case)
+    got = fn(case.copy(), tol=0.1)
+    if isinstance(got, dict):
+        got = pd.Series(got)
+    if not isinstance(got, pd.Series):
+        raise ExerciseFeedback(f"return a pandas Series indexed by pair (e.g. from groupby('pair')), got {type(got).__name__}")
+    if set(got.index) != set(want.index):
+        raise ExerciseFeedback(f"expected one value per pair {sorted(want.index)}, got the index {list(got.index)}; "
+                               "group by the 'pair' column")
+    got = got.reindex(want.index).astype(float)
+    if np.allclose(got, want, equal_nan=True):
+        return "Correct: the range of t over which the straight-line estimate holds, stopping at its first failure."
+    if np.isclose(got["B"], 1.0) or np.isclose(got["B"], 0.8):
+        raise ExerciseFeedback("in pair B the absolute error stays small while the observed change is small; the "
+                               "tolerance is relative: |predicted / observed - 1| <= tol, and an observed change of "
+                               "0 (t = 0.4) is not within it")
+    if np.isclose(got["A"], 0.8):
+        raise ExerciseFeedback("in pair A the estimate leaves the 10 % band at t = 0.4 and comes back at t = 0.8 by "
+                               "chance (the two curves cross); the question is up to which t it holds at EVERY point, "
+                               "so stop at the first t where it fails")
+    if np.isnan(want["C"]) and not np.isnan(got["C"]):
+        raise ExerciseFeedback(f"in pair C the estimate is off by more than 10 % at the first t already, so there is no "
+                               f"range where it holds: return NaN, not {got['C']:g}")
+    raise ExerciseFeedback(f"on segment_case() the answer is {want.to_dict()}, yours is {got.to_dict()}. Sort by t; "
+                           "for each pair take the points before the first with |predicted / observed - 1| > tol.")
+
+
+__all__ = ["alignment_case", "check_conflict_rate", "check_corrected_cosine", "check_first_order_range",
+           "first_order_range", "segment_case"]
