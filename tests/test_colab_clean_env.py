@@ -1,9 +1,11 @@
 """One Colab notebook, run the way Colab would: a fresh virtual environment, torch from requirements/torch.txt,
 the package installed (not editable) from a clone of the repository with Altair 5.5.0 (the lock pins 6.3.0)
-and whatever else pip picks today, then every cell of ``notebooks/00_introduction.ipynb`` executed by nbclient.
+and whatever else pip picks today, then every cell of ``notebooks/00_introduction.ipynb`` and of
+``notebooks/01_measuring_forgetting.ipynb`` (its charts under Altair 5) executed by nbclient.
 
 Chapter 00 is the cheapest (it loads the shipped embedded model and trains nothing; about 8 s in the book
-build), so the test costs the installs plus a few seconds. The clone is of the committed tree, as Colab's
+build), so the test costs the installs plus a few seconds; chapter 01 reads the quick run, copied into the
+empty cache from this machine's (see its test). The clone is of the committed tree, as Colab's
 setup cell clones it; ``FORGETTING_DATA`` points at the clone's ``data/`` as that cell does, and
 ``FORGETTING_CACHE`` at an empty folder, so nothing comes from this machine's caches.
 
@@ -27,12 +29,18 @@ from forgetting import paths
 from forgetting.book import colab_render
 
 ALTAIR = "5.5.0"
-NOTEBOOK = "notebooks/00_introduction.ipynb"
 CHECK = (
     "import json, sys\n"
     "import altair, torch, forgetting\n"
     "print(json.dumps({'altair': altair.__version__, 'torch': torch.__version__, 'prefix': sys.prefix,\n"
-    "                  'forgetting': forgetting.__file__, 'n_parameters': int(n_parameters)}))"
+    "                  'forgetting': forgetting.__file__, 'n_parameters': globals().get('n_parameters')}))"
+)
+EXECUTE = (
+    "import sys, nbformat, nbclient\n"
+    "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+    "nbclient.NotebookClient(nb, kernel_name='python3', timeout=900,\n"
+    "                        resources={'metadata': {'path': sys.argv[2]}}).execute()\n"
+    "nbformat.write(nb, sys.argv[1])\n"
 )
 
 
@@ -40,17 +48,17 @@ def _run(cmd: list[str], *, timeout: int, **kwargs) -> subprocess.CompletedProce
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
-@pytest.mark.slow
-def test_rendered_notebook_runs_top_to_bottom_in_a_clean_venv_with_altair5(tmp_path):
+@pytest.fixture(scope="module")
+def colab_env(tmp_path_factory):
+    """``(clone, venv)``: a clone of the committed tree and a fresh venv with the package installed from it."""
     if shutil.which("git") is None:
         pytest.skip("git is needed to clone the repository")
+    tmp = tmp_path_factory.mktemp("colab")
     start = time.perf_counter()
-    clone = tmp_path / "forgetting"
+    clone = tmp / "forgetting"
     proc = _run(["git", "clone", "--quiet", "--depth", "1", f"file://{paths.REPO_ROOT}", str(clone)], timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert (clone / NOTEBOOK).is_file(), f"{NOTEBOOK} is not committed"
-
-    venv = tmp_path / "venv"
+    venv = tmp / "venv"
     proc = _run([sys.executable, "-m", "venv", str(venv)], timeout=300)
     assert proc.returncode == 0, proc.stderr
     python = str(venv / "bin" / "python")
@@ -60,30 +68,26 @@ def test_rendered_notebook_runs_top_to_bottom_in_a_clean_venv_with_altair5(tmp_p
     proc = _run([python, "-m", "pip", "install", "-q", str(clone), f"altair=={ALTAIR}", "nbclient", "ipykernel"],
                 timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    installed = time.perf_counter() - start
+    print(f"\nclean venv: clone and installs {time.perf_counter() - start:.0f} s")
+    return clone, venv
 
-    # every cell of the rendered notebook, plus one that reports what it ran on
-    nb = nbformat.read(clone / NOTEBOOK, as_version=4)
+
+def _execute(colab_env, notebook: str, cache: Path) -> tuple[nbformat.NotebookNode, dict]:
+    """Run every cell of the clone's ``notebook`` (plus a report cell) in the venv's kernel, as Colab would."""
+    clone, venv = colab_env
+    assert (clone / notebook).is_file(), f"{notebook} is not committed"
+    nb = nbformat.read(clone / notebook, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(CHECK))
-    work = clone / "notebooks" / "run.ipynb"
+    work = clone / "notebooks" / f"run-{Path(notebook).name}"
     nbformat.write(nb, work)
-    env = {**os.environ, "FORGETTING_DATA": str(clone / "data"), "FORGETTING_CACHE": str(tmp_path / "cache"),
+    env = {**os.environ, "FORGETTING_DATA": str(clone / "data"), "FORGETTING_CACHE": str(cache),
            "FORGETTING_QUIET": "1", "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": ""}
     env.pop("VIRTUAL_ENV", None)
-    execute = (
-        "import sys, nbformat, nbclient\n"
-        "nb = nbformat.read(sys.argv[1], as_version=4)\n"
-        "nbclient.NotebookClient(nb, kernel_name='python3', timeout=900,\n"
-        "                        resources={'metadata': {'path': sys.argv[2]}}).execute()\n"
-        "nbformat.write(nb, sys.argv[1])\n"
-    )
     t0 = time.perf_counter()
-    proc = _run([python, "-c", execute, str(work), str(clone / "notebooks")], timeout=1200, env=env,
-                cwd=str(tmp_path))
-    executed = time.perf_counter() - t0
+    proc = _run([str(venv / "bin" / "python"), "-c", EXECUTE, str(work), str(work.parent)], timeout=1200, env=env,
+                cwd=str(cache.parent))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-
     nb = nbformat.read(work, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
@@ -91,9 +95,37 @@ def test_rendered_notebook_runs_top_to_bottom_in_a_clean_venv_with_altair5(tmp_p
     assert report["altair"] == ALTAIR
     assert Path(report["prefix"]).resolve() == venv.resolve()
     assert Path(report["forgetting"]).resolve().is_relative_to(venv.resolve())  # installed, not the checkout
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert colab_render.raw_myst(prose) == []
+    print(f"{notebook}: {time.perf_counter() - t0:.0f} s, torch {report['torch']}, altair {report['altair']}")
+    return nb, report
+
+
+@pytest.mark.slow
+def test_introduction_runs_top_to_bottom_in_a_clean_venv_with_altair5(colab_env, tmp_path):
+    cache = tmp_path / "cache"
+    nb, report = _execute(colab_env, "notebooks/00_introduction.ipynb", cache)
     # the number the prose states (from the book build) is the one this fresh environment computes
     prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert f"The model has {report['n_parameters']:,} parameters" in prose
-    assert colab_render.raw_myst(prose) == []
-    print(f"clean venv: installs {installed:.0f} s, notebook {executed:.0f} s, torch {report['torch']}, "
-          f"altair {report['altair']}")
+
+
+@pytest.mark.slow
+def test_measuring_forgetting_draws_its_charts_under_altair5(colab_env, tmp_path):
+    """Chapter 01 with the quick run already in the cache (copied from this machine's: it stands in for the
+    shipped quick-profile tables; without them a fresh VM trains the run first, minutes on 2 cores). The
+    package installed in the venv must find that run under the same code fingerprint: nothing is trained."""
+    from forgetting.profiles import experiment_spec
+    from forgetting.runs.cache import result_dir
+
+    run = result_dir(experiment_spec("quick", model="tiny", seed=0))
+    if not (run / "evals.parquet").is_file():
+        pytest.skip(f"no quick run at {run} to seed the cache with (make book trains it)")
+    cache = tmp_path / "cache"
+    shutil.copytree(run, cache / "runs" / run.name)
+    nb, _ = _execute(colab_env, "notebooks/01_measuring_forgetting.ipynb", cache)
+    assert sorted(p.name for p in (cache / "runs").iterdir()) == [run.name]  # reused, not re-trained
+    charts = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "text/html" in o.get("data", {}) and 'class="forgetting-vega"' in o["data"]["text/html"]]
+    assert len(charts) >= 2  # the R heatmap and the forgetting curves
+    assert all("vega-lite@5." in html for html in charts)  # Altair 5's Vega-Lite, picked by forgetting.viz.offline
