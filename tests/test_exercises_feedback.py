@@ -67,3 +67,27 @@ def test_first_order_range_rejects():
         check_first_order_range(absolute)
     with pytest.raises(ExerciseFeedback, match="Series indexed by pair"):
         check_first_order_range(lambda segment, tol=0.1: 0.2)
+
+
+# chapter 03, exercise 3 ----------------------------------------------------------------------------------
+
+
+def test_between_nulls_reference():
+    from forgetting.exercises.drift import between_nulls, summary_case
+
+    assert between_nulls(summary_case()) == ["3: c / b", "4: d / a"]
+
+
+@pytest.mark.parametrize(("wrong", "message"), [
+    (lambda s: list(s.loc[s["excess"] > 0, "pair"]), "BOTH nulls"),
+    (lambda s: list(s.loc[s["drop"] > s["continue_drop"], "pair"]), "also be below the reseed"),
+    (lambda s: list(s.loc[(s["drop"] > s[["continue_drop", "reseed_drop"]].min(axis=1))
+                          & (s["drop"] < s[["continue_drop", "reseed_drop"]].max(axis=1)), "pair"]), "other way round"),
+    (lambda s: list(s.loc[(s["drop"] >= s["continue_drop"]) & (s["drop"] < s["reseed_drop"]), "pair"]), "strict"),
+    (lambda s: 3, "pair labels"),
+])
+def test_between_nulls_rejects(wrong, message):
+    from forgetting.exercises.drift import check_between_nulls
+
+    with pytest.raises(ExerciseFeedback, match=message):
+        check_between_nulls(wrong)

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from forgetting.exercises import ExerciseFeedback
@@ -38,7 +39,7 @@ def _centre(A: np.ndarray) -> np.ndarray:
 
 def _slips(X: np.ndarray, Y: np.ndarray) -> dict[str, float]:
     Xc, Yc = _centre(X), _centre(Y)
-    cross = lambda A, B: np.linalg.norm(B.T @ A) ** 2  # noqa: E731
+    cross = lambda A, B: np.linalg.norm(B.T @ A) ** 2
     return {
         "no_centre": cross(X, Y) / (np.linalg.norm(X.T @ X) * np.linalg.norm(Y.T @ Y)),
         "frobenius_of_x": cross(Xc, Yc) / (np.linalg.norm(Xc) ** 2 * np.linalg.norm(Yc) ** 2),
@@ -129,4 +130,54 @@ def check_mean_readout(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor])
                            f"{got.numpy().round(4)}")
 
 
-__all__ = ["check_linear_cka", "check_mean_readout", "cka_cases", "readout_case"]
+def summary_case() -> pd.DataFrame:
+    """A ``drift_summary`` table (pair, drop, continue_drop, reseed_drop, excess) with one pair of each kind:
+    above both nulls, between them (larger than continue, smaller than reseed), below both, between them
+    the other way round (a reseed null smaller than the continue null), and one exactly at the continue
+    null. Testing ``excess > 0``, or ``drop > continue_drop`` alone, gives other sets."""
+    rows = [("2: b / a", 0.30, 0.05, 0.20), ("3: c / b", 0.12, 0.04, 0.25), ("3: c / a", 0.02, 0.04, 0.10),
+            ("4: d / c", 0.15, 0.20, 0.08), ("4: d / b", 0.06, 0.06, 0.30), ("4: d / a", 0.09, 0.03, 0.18)]
+    df = pd.DataFrame(rows, columns=["pair", "drop", "continue_drop", "reseed_drop"])
+    df["excess"] = df["drop"] - df[["continue_drop", "reseed_drop"]].max(axis=1)
+    return df
+
+
+def between_nulls(summary: pd.DataFrame) -> list[str]:
+    """The pairs whose drop is larger than the continue null's and smaller than the reseed null's."""
+    keep = (summary["drop"] > summary["continue_drop"]) & (summary["drop"] < summary["reseed_drop"])
+    return list(summary.loc[keep, "pair"])
+
+
+def check_between_nulls(fn: Callable[[pd.DataFrame], list]) -> str:
+    """Check ``fn(summary) -> list of pair labels``: the pairs of a ``drift_summary`` table whose observed drop
+    lies above the continue null's drop and below the reseed null's (``continue_drop < drop < reseed_drop``)."""
+    case = summary_case()
+    want = between_nulls(case)
+    got = fn(case.copy())
+    if isinstance(got, pd.DataFrame) and "pair" in got.columns:
+        got = got["pair"]
+    try:
+        got = [str(p) for p in got]
+    except TypeError:
+        raise ExerciseFeedback(f"return the pair labels (a list of strings from the 'pair' column), got {got!r}") from None
+    if sorted(got) == sorted(want):
+        return ("Correct: these pairs moved more than continued training of the old task does, but less than "
+                "re-training it with another seed: a change within the range of equally good solutions.")
+    if sorted(got) == sorted(case.loc[case["excess"] > 0, "pair"]):
+        raise ExerciseFeedback("excess > 0 picks the pairs above BOTH nulls; the question is about a drop between them: "
+                               "above the continue null and below the reseed null")
+    if sorted(got) == sorted(case.loc[case["drop"] > case["continue_drop"], "pair"]):
+        raise ExerciseFeedback("you only compared with the continue null; the drop must also be below the reseed null")
+    lo, hi = case[["continue_drop", "reseed_drop"]].min(axis=1), case[["continue_drop", "reseed_drop"]].max(axis=1)
+    if sorted(got) == sorted(case.loc[(case["drop"] > lo) & (case["drop"] < hi), "pair"]):
+        raise ExerciseFeedback("in pair '4: d / c' the reseed null moved LESS than the continue null, and the drop lies "
+                               "between them the other way round; the exercise asks for continue_drop < drop < "
+                               "reseed_drop, in that order")
+    if sorted(got) == sorted(case.loc[(case["drop"] >= case["continue_drop"]) & (case["drop"] < case["reseed_drop"]), "pair"]):
+        raise ExerciseFeedback("a drop equal to the continue null's is not larger than it: use strict inequalities")
+    raise ExerciseFeedback(f"on summary_case() the pairs between the nulls are {want}, yours are {got}. Compare the "
+                           "columns drop, continue_drop and reseed_drop (drops, 1 - CKA: larger means moved more).")
+
+
+__all__ = ["between_nulls", "check_between_nulls", "check_linear_cka", "check_mean_readout", "cka_cases",
+           "readout_case", "summary_case"]
