@@ -7,7 +7,7 @@ Chapter 00 is the cheapest (it loads the shipped embedded model and trains nothi
 build), so the test costs the installs plus a few seconds; chapter 01 reads the quick run, copied into the
 empty cache from this machine's (see its test). The clone is of the committed tree, as Colab's
 setup cell clones it; ``FORGETTING_DATA`` points at the clone's ``data/`` as that cell does, and
-``FORGETTING_CACHE`` at an empty folder, so nothing comes from this machine's caches.
+``FORGETTING_CACHE`` at an empty folder (chapter 00 takes nothing from this machine's caches).
 
 Slow (installs torch and the dependencies); skipped when pip cannot reach the registry.
 """
