@@ -84,7 +84,7 @@ def check_hutchinson(fn: Callable[..., float], *, m: int = 4000) -> str:
     for name, A in _trace_cases():
         calls = [0]
 
-        def matvec(v, A=A):
+        def matvec(v, A=A, calls=calls):
             calls[0] += 1
             v = np.asarray(v, dtype=float)
             if v.shape != (len(A),):
@@ -116,4 +116,65 @@ def check_hutchinson(fn: Callable[..., float], *, m: int = 4000) -> str:
     return "Correct: E[g^T A g] = tr(A) for vectors with independent +-1 entries."
 
 
-__all__ = ["EIGEN_CASES", "check_hutchinson", "check_top_eigenvalue"]
+def matched_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A learning path (loss falling, in the order it was walked) and a forgetting path (loss rising), as
+    ``(learning_loss, learning_lambda, forgetting_loss, forgetting_lambda)``: the learning path's losses
+    are not sorted (``np.interp`` needs increasing x), its curvature varies over a factor of 10 (linear and
+    log interpolation differ), and the forgetting path's last point lies beyond the learning path's loss range."""
+    learning_loss = np.array([3.2, 2.6, 1.9, 1.1, 0.6, 0.3])
+    learning_lambda = np.array([0.8, 1.5, 3.0, 6.0, 8.0, 9.0])
+    forgetting_loss = np.array([0.5, 0.9, 1.5, 2.4, 3.6])
+    forgetting_lambda = np.array([6.5, 4.0, 2.0, 1.2, 0.9])
+    return learning_loss, learning_lambda, forgetting_loss, forgetting_lambda
+
+
+def _ratios(fl: np.ndarray, ll: np.ndarray, lam: np.ndarray, fam: np.ndarray, *, log_loss: bool = False,
+            log_lambda: bool = True, clamp: bool = False, sort: bool = True) -> np.ndarray:
+    order = np.argsort(ll) if sort else np.arange(len(ll))
+    x, y = ll[order], lam[order]
+    tx, fx = (np.log(x), np.log(fl)) if log_loss else (x, fl)
+    ref = np.exp(np.interp(fx, tx, np.log(y))) if log_lambda else np.interp(fx, tx, y)
+    out = fam / ref
+    if not clamp:
+        out = np.where((fl >= x.min()) & (fl <= x.max()), out, np.nan)
+    return out
+
+
+def check_matched_ratio(fn: Callable[..., np.ndarray]) -> str:
+    """Check ``fn(learning_loss, learning_lambda, forgetting_loss, forgetting_lambda) -> array``: for every
+    point of the forgetting path, ``lambda_max`` divided by the learning path's ``lambda_max`` at the same
+    loss, interpolated in ``log lambda`` (as
+    :func:`forgetting.mechanisms.matched_loss.matched_loss_curvature`; the chapter's cell interpolates in
+    log-log, which is accepted too), and NaN where the loss lies outside the learning path's range."""
+    from forgetting.mechanisms.matched_loss import matched_loss_curvature
+
+    ll, lam, fl, fam = matched_case()
+    want = np.exp(matched_loss_curvature(ll, lam, fl, fam)["difference"].to_numpy())
+    got = np.asarray(fn(ll.copy(), lam.copy(), fl.copy(), fam.copy()), dtype=float).reshape(-1)
+    if got.shape != want.shape:
+        raise ExerciseFeedback(f"return one ratio per forgetting point, shape {want.shape}; got shape {got.shape}")
+    if np.allclose(got, want, rtol=1e-6, equal_nan=True):
+        return ("Correct: the ratio at matched loss, left undefined where the forgetting path leaves the losses the "
+                "learning path covers. Below 1: flatter while forgetting than while learning, at the same loss.")
+    if np.allclose(got, _ratios(fl, ll, lam, fam, log_loss=True), rtol=1e-6, equal_nan=True):
+        return ("Correct (log-log interpolation, as the chapter's cell): the package's matched_loss_curvature "
+                "interpolates log lambda linearly in the loss, which differs little between close points.")
+    if np.isfinite(got[-1]) and np.isnan(want[-1]):
+        raise ExerciseFeedback(f"the forgetting path's last loss ({fl[-1]}) is above every loss of the learning path "
+                               f"(at most {ll.max()}): there is no matched point, return NaN there. np.interp does not "
+                               "extrapolate, it repeats the end value, which is not a measurement at that loss")
+    if any(np.allclose(got, _ratios(fl, ll, lam, fam, log_loss=lg, sort=False, clamp=c), rtol=1e-6, equal_nan=True)
+           for lg in (False, True) for c in (False, True)):
+        raise ExerciseFeedback("np.interp needs increasing x, and the learning path's losses fall as it is walked: sort "
+                               "the learning points by loss first (order = np.argsort(loss))")
+    if np.allclose(got, _ratios(fl, ll, lam, fam, log_lambda=False), rtol=1e-6, equal_nan=True):
+        raise ExerciseFeedback("you interpolated lambda itself; curvature changes by factors along a path, so "
+                               "interpolate log lambda and take exp (np.exp(np.interp(loss, x, np.log(lam))))")
+    if np.allclose(got, 1 / want, rtol=1e-6, equal_nan=True):
+        raise ExerciseFeedback("the ratio is upside down: forgetting path's lambda over the learning path's")
+    raise ExerciseFeedback(f"on matched_case() the ratios are {np.round(want, 4).tolist()}, yours are "
+                           f"{np.round(got, 4).tolist()}. Sort the learning points by loss, interpolate log lambda "
+                           "at each forgetting loss, divide, and NaN outside the learning losses.")
+
+
+__all__ = ["EIGEN_CASES", "check_hutchinson", "check_matched_ratio", "check_top_eigenvalue", "matched_case"]
