@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from forgetting.exercises import ExerciseFeedback, reader_number
@@ -114,4 +115,54 @@ def check_severe_fraction(fn: Callable[..., float]) -> str:
     return "Correct: the cut comes from the null, so 'severe' means beyond what noise alone does."
 
 
-__all__ = ["JS_CASES", "check_js_divergence", "check_severe_fraction"]
+def head_table_case() -> pd.DataFrame:
+    """A ``head_table`` of three pairs x 8 heads (columns pair, layer, head, weight_change, combined_z): each
+    pair has one outlying head (Pearson and Spearman differ) and tied scores (ranks must be averaged), and
+    the pairs sit at different levels (pooling them gives another correlation than each pair's)."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for k, (pair, level, slope) in enumerate([("2: b / a", 0.0, 1.0), ("3: c / b", 3.0, -0.5), ("4: d / c", 6.0, 0.2)]):
+        change = rng.uniform(0.1, 1.0, size=8) + level
+        z = slope * (change - level) + rng.normal(0, 0.3, size=8) + 2 * level
+        z[3] = z[4] = round(float(z[3]), 1)  # a tie
+        z[7] = 25.0 * (1 if slope > 0 else -1)  # an outlying head
+        for i in range(8):
+            rows.append({"pair": pair, "layer": i // 4, "head": i % 4, "weight_change": float(change[i]),
+                         "combined_z": float(z[i])})
+    return pd.DataFrame(rows)
+
+
+def check_spearman_by_pair(fn: Callable) -> str:
+    """Check ``fn(table) -> Series`` (index: pair): the Spearman correlation between ``weight_change`` and
+    ``combined_z`` over the heads of each pair, as :func:`forgetting.stats.spearman` computes it."""
+    from forgetting.stats import pearson, spearman
+
+    case = head_table_case()
+    want = pd.Series({p: spearman(g["weight_change"], g["combined_z"]) for p, g in case.groupby("pair")})
+    got = fn(case.copy())
+    if isinstance(got, dict):
+        got = pd.Series(got)
+    if not isinstance(got, pd.Series):
+        try:
+            pooled = float(got)
+        except (TypeError, ValueError):
+            pooled = None
+        if pooled is not None and np.isclose(pooled, spearman(case["weight_change"], case["combined_z"])):
+            raise ExerciseFeedback("that is one correlation over the heads of all pairs pooled; the pairs sit at different "
+                                   "levels, which pooling turns into a correlation of its own. Group by 'pair' first")
+        raise ExerciseFeedback(f"return a pandas Series with one correlation per pair, got {type(got).__name__}")
+    if set(got.index) != set(want.index):
+        raise ExerciseFeedback(f"expected one value per pair {sorted(want.index)}, got the index {list(got.index)}")
+    got = got.reindex(want.index).astype(float)
+    if np.allclose(got, want):
+        return "Correct: a rank correlation per pair, robust to the one head whose score is far out."
+    if np.allclose(got, [pearson(g["weight_change"], g["combined_z"]) for _, g in case.groupby("pair")]):
+        raise ExerciseFeedback("that is Pearson r: one outlying head per pair dominates it. Spearman is the Pearson r of "
+                               "the ranks (method='spearman', or scipy.stats.spearmanr)")
+    raise ExerciseFeedback(f"on head_table_case() the correlations are {want.round(4).to_dict()}, yours are "
+                           f"{got.round(4).to_dict()}. Rank each column within the pair (ties get their mean rank) "
+                           "and take the Pearson r of the ranks.")
+
+
+__all__ = ["JS_CASES", "check_js_divergence", "check_severe_fraction", "check_spearman_by_pair",
+           "head_table_case"]
