@@ -91,3 +91,84 @@ def test_between_nulls_rejects(wrong, message):
 
     with pytest.raises(ExerciseFeedback, match=message):
         check_between_nulls(wrong)
+
+
+# chapter 04, exercise 3 ----------------------------------------------------------------------------------
+
+
+def _interp_ratio(ll, lam, fl, fam, *, sort=True, log=True, nan_outside=True):
+    order = np.argsort(ll) if sort else np.arange(len(ll))
+    x, y = np.asarray(ll)[order], np.asarray(lam)[order]
+    ref = np.exp(np.interp(fl, x, np.log(y))) if log else np.interp(fl, x, y)
+    ratio = np.asarray(fam) / ref
+    return np.where((fl >= x.min()) & (fl <= x.max()), ratio, np.nan) if nan_outside else ratio
+
+
+def test_matched_ratio_reference():
+    from forgetting.exercises.landscape import matched_case
+
+    ratios = _interp_ratio(*matched_case())
+    assert np.isnan(ratios[-1]) and np.all(ratios[:-1] < 1)
+
+
+@pytest.mark.parametrize(("wrong", "message"), [
+    (lambda *a: _interp_ratio(*a, nan_outside=False), "return NaN there"),
+    (lambda *a: _interp_ratio(*a, sort=False), "sort"),
+    (lambda *a: _interp_ratio(*a, log=False), "interpolate log lambda"),
+    (lambda *a: 1 / _interp_ratio(*a), "upside down"),
+    (lambda *a: 0.5, "one ratio per forgetting point"),
+])
+def test_matched_ratio_rejects(wrong, message):
+    from forgetting.exercises.landscape import check_matched_ratio
+
+    with pytest.raises(ExerciseFeedback, match=message):
+        check_matched_ratio(wrong)
+
+
+# chapter 05, exercise 3 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("wrong", "message"), [
+    (lambda t: t.groupby("pair").apply(lambda g: g["weight_change"].corr(g["combined_z"])), "Pearson"),
+    (lambda t: t["weight_change"].corr(t["combined_z"], method="spearman"), "pooled"),
+    (lambda t: t.groupby("layer").apply(lambda g: g["weight_change"].corr(g["combined_z"], method="spearman")),
+     "one value per pair"),
+])
+def test_spearman_by_pair_rejects(wrong, message):
+    from forgetting.exercises.heads import check_spearman_by_pair
+
+    with pytest.raises(ExerciseFeedback, match=message):
+        check_spearman_by_pair(wrong)
+
+
+def test_spearman_by_pair_accepts_pandas_spearman():
+    from forgetting.exercises.heads import check_spearman_by_pair
+
+    answer = check_spearman_by_pair(
+        lambda t: t.groupby("pair").apply(lambda g: g["weight_change"].corr(g["combined_z"], method="spearman")))
+    assert answer.startswith("Correct")
+
+
+# chapter 07, exercise 3 ----------------------------------------------------------------------------------
+
+
+def _restore(key):
+    return lambda after, before, group: {n: (before[n] if key(n, group) in n else t).clone() for n, t in after.items()}
+
+
+def test_restore_group_rejects():
+    from forgetting.exercises.dynamics import check_restore_group
+
+    with pytest.raises(ExerciseFeedback, match="post_attention_layernorm"):
+        check_restore_group(_restore(lambda n, g: "attention" if g == "attention" else ".mlp."))
+    with pytest.raises(ExerciseFeedback, match="in place"):
+        def in_place(after, before, group):
+            for n in after:
+                if ".self_attn." in n:
+                    after[n].zero_()
+            return after
+        check_restore_group(in_place)
+    with pytest.raises(ExerciseFeedback, match="EVERY"):
+        check_restore_group(lambda after, before, group: {n: before[n] for n in after if ".self_attn." in n})
+    with pytest.raises(ExerciseFeedback, match="'mlp'"):
+        check_restore_group(_restore(lambda n, g: ".self_attn."))  # always attention

@@ -53,3 +53,63 @@ def check_verdict(fn: Callable[[float, float, tuple[float, float]], str]) -> str
                                    "overlap is the test, not containment of one end")
         raise ExerciseFeedback(f"interval [{low}, {high}] against the claimed {paper}: want {want!r}, got {got!r}")
     return "Correct: an interval overlapping the claimed range is consistent; otherwise it is smaller or larger."
+
+
+def state_case() -> tuple[dict, dict]:
+    """Two state dicts ``(after, before)`` of a 2-layer Llama-style model (tiny tensors, every entry of
+    ``after`` 1 and of ``before`` 0), with the names ``model.named_parameters()`` gives: attention
+    projections, MLP projections, the two norms of each block (one of them is named
+    ``post_attention_layernorm``: testing ``"attention" in name`` picks it up), the embeddings and the final norm."""
+    import torch
+
+    names = ["model.embed_tokens.weight"]
+    for i in range(2):
+        names += [f"model.layers.{i}.self_attn.{m}_proj.weight" for m in "qkvo"]
+        names += [f"model.layers.{i}.mlp.{m}_proj.weight" for m in ("gate", "up", "down")]
+        names += [f"model.layers.{i}.input_layernorm.weight", f"model.layers.{i}.post_attention_layernorm.weight"]
+    names += ["model.norm.weight", "lm_head.weight"]
+    return ({n: torch.ones(2, 2) for n in names}, {n: torch.zeros(2, 2) for n in names})
+
+
+def _case_geometry():
+    from transformers import LlamaConfig
+
+    from forgetting.models.geometry import attention_geometry
+
+    return attention_geometry(LlamaConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                          num_key_value_heads=1, intermediate_size=16, vocab_size=10))
+
+
+def check_restore_group(fn: Callable[[dict, dict, str], dict]) -> str:
+    """Check ``fn(after, before, group) -> dict``: a new state dict equal to ``after`` except that every
+    parameter of ``group`` (``"attention"`` or ``"mlp"``, as :func:`forgetting.causal.parts.place` reads a
+    parameter name) is taken from ``before``; ``after`` itself must be left unchanged."""
+    import torch
+
+    from forgetting.causal.parts import place
+
+    geometry = _case_geometry()
+    for group in ("attention", "mlp"):
+        after, before = state_case()
+        got = fn(after, before, group)
+        if not isinstance(got, dict):
+            raise ExerciseFeedback(f"return a dict {{parameter name: tensor}} (a state dict), got {type(got).__name__}")
+        if any(float(t.sum()) != 4.0 for t in after.values()):
+            raise ExerciseFeedback("your function changed `after` in place; build a new dict (after = "
+                                   "{name: t.clone() ...}) so that the snapshot is still there for the next comparison")
+        missing = sorted(set(after) - set(got))
+        if missing:
+            raise ExerciseFeedback(f"the result lacks {len(missing)} parameter(s), e.g. {missing[0]}: return EVERY "
+                                   "parameter, the restored ones from `before` and the rest from `after`")
+        restored = {n for n, t in got.items() if float(torch.as_tensor(t).sum()) == 0.0}
+        want = {n for n in after if place(n, geometry).group == group}
+        if restored == want:
+            continue
+        if group == "attention" and restored == want | {n for n in after if "attention" in n}:
+            raise ExerciseFeedback("you also restored post_attention_layernorm: testing '\"attention\" in name' "
+                                   "catches the norm after the attention block. The attention module is "
+                                   "'.self_attn.' in a Llama model (forgetting.causal.parts.place reads it from the geometry)")
+        extra, lacking = sorted(restored - want), sorted(want - restored)
+        raise ExerciseFeedback(f"for group {group!r} restore exactly the {len(want)} parameters of that group; "
+                               + (f"you also restored {extra[:3]}" if extra else f"you left out {lacking[:3]}"))
+    return "Correct: the group's parameters from before the stage, everything else from after it."
