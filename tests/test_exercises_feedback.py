@@ -172,3 +172,124 @@ def test_restore_group_rejects():
         check_restore_group(lambda after, before, group: {n: before[n] for n in after if ".self_attn." in n})
     with pytest.raises(ExerciseFeedback, match="'mlp'"):
         check_restore_group(_restore(lambda n, g: ".self_attn."))  # always attention
+
+
+# chapter 00 ----------------------------------------------------------------------------------------------
+
+
+def _layer(config, *, kv=True, norms=True, mlp=3):
+    d, H, K, f = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.intermediate_size
+    dh = getattr(config, "head_dim", None) or d // H
+    return 2 * d * H * dh + 2 * d * (K if kv else H) * dh + mlp * d * f + (2 * d if norms else 0)
+
+
+def test_layer_parameters_matches_the_embedded_model():
+    from forgetting import load_model
+    from forgetting.exercises.intro import layer_parameters
+
+    model, _ = load_model("tiny")
+    assert _layer(model.config) == sum(p.numel() for p in model.model.layers[0].parameters())
+    assert layer_parameters(model.config) == _layer(model.config)
+
+
+@pytest.mark.parametrize(("wrong", "message"), [
+    (lambda c: _layer(c, kv=False), "grouped-query"),
+    (lambda c: _layer(c, norms=False), "RMSNorm"),
+    (lambda c: _layer(c, mlp=2), "THREE matrices"),
+    (lambda c: "many", "one number"),
+])
+def test_layer_parameters_rejects(wrong, message):
+    from forgetting.exercises.intro import check_layer_parameters
+
+    with pytest.raises(ExerciseFeedback, match=message):
+        check_layer_parameters(wrong)
+
+
+def test_kv_head_rejects_interleaving():
+    from forgetting.exercises.intro import check_kv_head
+
+    with pytest.raises(ExerciseFeedback, match="interleaved"):
+        check_kv_head(lambda q, n_heads, n_kv: q % n_kv)
+
+
+@pytest.mark.parametrize(("value", "message"), [(0.3, "sign"), (-0.2, "last task"), (-0.6, "sum"), (None, "one number")])
+def test_intro_bwt_rejects(value, message):
+    from forgetting.exercises.intro import check_intro_bwt
+
+    with pytest.raises(ExerciseFeedback, match=message):
+        check_intro_bwt(value)
+
+
+# chapter 08 ----------------------------------------------------------------------------------------------
+
+
+def test_conflict_excess_reference_is_the_ledgers():
+    from forgetting.exercises.methods import conflict_excess, gradient_tables
+    from forgetting.ledger.effects import conflict_excess_heads
+
+    observed, null = gradient_tables()
+    tables = {"gradients": observed.assign(group="attention", kind="q"),
+              "gradient_null": null.assign(group="attention", kind="q")}
+    pd.testing.assert_series_equal(conflict_excess_heads(tables), conflict_excess(observed, null), check_names=False)
+
+
+def _t(values, ci=0.95, *, q=None, ddof=1, sqrt=True):
+    from scipy import stats
+
+    k = len(values)
+    quantile = q((1 + ci) / 2) if q else stats.t.ppf((1 + ci) / 2, k - 1)
+    half = quantile * np.std(values, ddof=ddof) / (np.sqrt(k) if sqrt else 1)
+    return np.mean(values) - half, np.mean(values) + half
+
+
+@pytest.mark.parametrize(("wrong", "message"), [
+    (lambda v, ci=0.95: _t(v, ci, q=__import__("scipy.stats").stats.norm.ppf), "Student's t"),
+    (lambda v, ci=0.95: _t(v, ci, ddof=0), "ddof = 1"),
+    (lambda v, ci=0.95: _t(v, ci, sqrt=False), "sqrt"),
+    (lambda v, ci=0.95: 0.1, "two numbers"),
+])
+def test_t_interval_rejects(wrong, message):
+    from forgetting.exercises.methods import check_t_interval
+
+    with pytest.raises(ExerciseFeedback, match=message):
+        check_t_interval(wrong)
+
+
+def test_conflict_excess_rejects():
+    from forgetting.exercises.methods import check_conflict_excess
+
+    def rate(df, heads_only=True):
+        df = df[df["unit"] == "head"] if heads_only else df
+        return (df["cosine"] < 0).groupby([df["seed"], df["stage"], df["old_task"]]).mean()
+
+    with pytest.raises(ExerciseFeedback, match="pooled"):
+        check_conflict_excess(lambda o, n: rate(o) - float((n[n["unit"] == "head"]["cosine"] < 0).mean()))
+    with pytest.raises(ExerciseFeedback, match="sign is flipped"):
+        check_conflict_excess(lambda o, n: rate(n) - rate(o))
+    with pytest.raises(ExerciseFeedback, match="unit == 'head'"):
+        check_conflict_excess(lambda o, n: rate(o, False) - rate(n, False))
+
+
+def _holm(p, *, monotone=True, cap=True):
+    p = np.asarray(p, dtype=float)
+    m = len(p)
+    order = np.argsort(p)
+    scaled = (m - np.arange(m)) * p[order]
+    scaled = np.maximum.accumulate(scaled) if monotone else scaled
+    scaled = np.minimum(1, scaled) if cap else scaled
+    out = np.empty(m)
+    out[order] = scaled
+    return out
+
+
+@pytest.mark.parametrize(("wrong", "message"), [
+    (lambda p: np.minimum(1, len(p) * np.asarray(p)), "Bonferroni"),
+    (lambda p: _holm(p, monotone=False), "running maximum"),
+    (lambda p: np.sort(_holm(p)), "order of the input"),
+    (lambda p: _holm(p, cap=False), "cap it at 1"),
+])
+def test_holm_rejects(wrong, message):
+    from forgetting.exercises.methods import check_holm
+
+    with pytest.raises(ExerciseFeedback, match=message):
+        check_holm(wrong)
