@@ -115,7 +115,7 @@ def check_bwt_from_evals(fn: Callable) -> str:
     """Check a reader's ``fn(evals, metric) -> float``: BWT of a run's ``evals`` table for one metric, from
     the stage-end rows of stages 1..T (stage 0 is the model before fine-tuning), the loss negated so that
     higher is better, as :func:`forgetting.evaluate.summary_table` computes it."""
-    from forgetting.evaluate import HIGHER_IS_BETTER, performance_matrix
+    from forgetting.evaluate import HIGHER_IS_BETTER, performance_matrix  # deferred: evaluate imports torch
 
     evals = evals_case()
     for metric in ("exact_match", "loss"):

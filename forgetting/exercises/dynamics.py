@@ -74,7 +74,7 @@ def state_case() -> tuple[dict, dict]:
 def _case_geometry():
     from transformers import LlamaConfig
 
-    from forgetting.models.geometry import attention_geometry
+    from forgetting.models.geometry import attention_geometry  # deferred: imports torch and transformers
 
     return attention_geometry(LlamaConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                                           num_key_value_heads=1, intermediate_size=16, vocab_size=10))
@@ -86,7 +86,7 @@ def check_restore_group(fn: Callable[[dict, dict, str], dict]) -> str:
     parameter name) is taken from ``before``; ``after`` itself must be left unchanged."""
     import torch
 
-    from forgetting.causal.parts import place
+    from forgetting.causal.parts import place  # deferred: imports torch
 
     geometry = _case_geometry()
     for group in ("attention", "mlp"):

@@ -135,7 +135,7 @@ def head_table_case() -> pd.DataFrame:
 def check_spearman_by_pair(fn: Callable) -> str:
     """Check ``fn(table) -> Series`` (index: pair): the Spearman correlation between ``weight_change`` and
     ``combined_z`` over the heads of each pair, as :func:`forgetting.stats.spearman` computes it."""
-    from forgetting.stats import pearson, spearman
+    from forgetting.stats import pearson, spearman  # deferred: the reference loads only when this checker runs
 
     case = head_table_case()
     want = pd.Series({p: spearman(g["weight_change"], g["combined_z"]) for p, g in case.groupby("pair")})

@@ -146,7 +146,7 @@ def check_matched_ratio(fn: Callable[..., np.ndarray]) -> str:
     loss, interpolated in ``log lambda`` (as
     :func:`forgetting.mechanisms.matched_loss.matched_loss_curvature`; the chapter's cell interpolates in
     log-log, which is accepted too), and NaN where the loss lies outside the learning path's range."""
-    from forgetting.mechanisms.matched_loss import matched_loss_curvature
+    from forgetting.mechanisms.matched_loss import matched_loss_curvature  # deferred: the reference loads only when this checker runs
 
     ll, lam, fl, fam = matched_case()
     want = np.exp(matched_loss_curvature(ll, lam, fl, fam)["difference"].to_numpy())
