@@ -55,17 +55,11 @@ def parameter_count(name_or_path: str = "tiny", *, trust_remote_code: bool = Fal
 def output_vocabulary(name_or_path: str = "tiny", *, trust_remote_code: bool = False) -> int:
     """The number of logits the model outputs per position (``config.vocab_size``), read from its
     config without loading weights: a uniform output has loss ``ln(output_vocabulary)`` nats per token."""
-    if name_or_path in EMBEDDED_MODELS:
-        import json
+    from forgetting.models.hub import read_config  # deferred: as in load_model
 
+    if name_or_path in EMBEDDED_MODELS:
         from forgetting.models.embedded import embedded_dir  # deferred: as in load_model
 
-        return int(json.loads((embedded_dir(name_or_path) / "config.json").read_text())["vocab_size"])
-    from transformers import AutoConfig
-
-    from forgetting.models.hub import hub_offline, resolve_source  # deferred: as in load_model
-
-    source, local = resolve_source(name_or_path)
-    config = AutoConfig.from_pretrained(source, trust_remote_code=bool(trust_remote_code),
-                                        local_files_only=local or hub_offline())
-    return int(getattr(config, "get_text_config", lambda: config)().vocab_size)
+        name_or_path = str(embedded_dir(name_or_path))
+    config = read_config(name_or_path, trust_remote_code=trust_remote_code)
+    return int(config.get_text_config().vocab_size)

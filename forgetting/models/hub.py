@@ -175,20 +175,31 @@ def load_pretrained(
     return model, tokenizer
 
 
-def count_parameters(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> int:
-    """Parameters of the causal LM at ``name_or_path``, counted on the ``meta`` device (no weights read).
+def read_config(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
+    """The ``AutoConfig`` of a hub id or a local folder (offline where :func:`hub_offline` says so).
 
     Raises:
         SpecError: on field ``model`` when the config cannot be read (as :func:`load_pretrained`).
     """
     source, local = resolve_source(name_or_path)
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    common = {"trust_remote_code": bool(trust_remote_code), "local_files_only": local or hub_offline()}
     try:
-        config = AutoConfig.from_pretrained(source, **common)
+        return AutoConfig.from_pretrained(source, trust_remote_code=bool(trust_remote_code),
+                                          local_files_only=local or hub_offline())
     except _LOAD_ERRORS as exc:
         raise _load_error(source, local, exc, "config") from None
+
+
+def count_parameters(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> int:
+    """Parameters of the causal LM at ``name_or_path``, counted on the ``meta`` device (no weights read).
+
+    Raises:
+        SpecError: as :func:`read_config`.
+    """
+    config = read_config(name_or_path, trust_remote_code=trust_remote_code)
+    from transformers import AutoModelForCausalLM
+
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=bool(trust_remote_code))
     return sum(p.numel() for p in model.parameters())
