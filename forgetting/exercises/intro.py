@@ -94,7 +94,7 @@ def check_kv_head(fn: Callable[[int, int, int], int]) -> str:
     return "Correct: query head q reads key/value head q // (n_heads // n_kv_heads), as transformers' repeat_kv lays them out."
 
 
-#: The performance matrix of the BWT exercise (rows: after tasks 1..3, columns: tasks 1..3).
+#: The performance matrix of the BWT exercise; rows are the model after tasks 1..3, columns tasks 1..3.
 INTRO_R = np.array([[0.80, 0.10, 0.05], [0.50, 0.90, 0.20], [0.40, 0.70, 0.85]])
 
 

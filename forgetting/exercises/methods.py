@@ -18,7 +18,7 @@ from forgetting.exercises import ExerciseFeedback
 from forgetting.stats import holm
 from forgetting.stats.intervals import t_interval
 
-#: Seed means of a statistic (5, 3 and 2 seeds: the t quantile differs most from 1.96 with few seeds).
+#: Seed means of a statistic, for 5, 3 and 2 seeds (the t quantile differs most from 1.96 with few seeds).
 SEED_CASES = [np.array([0.12, 0.31, 0.05, 0.22, 0.18]), np.array([-0.4, -0.1, -0.25]), np.array([0.9, 1.3])]
 
 
