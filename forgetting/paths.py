@@ -5,6 +5,11 @@
   and points this at the clone's ``data/``).
 - ``cache_dir()``: ``$FORGETTING_CACHE`` or ``~/.cache/forgetting``; used for anything the package builds
   when ``data/`` does not have it (for example the embedded model after its recipe changed).
+- ``retrain()``: ``$FORGETTING_RETRAIN`` set (to anything but ``0``/``false``): ignore the published
+  runs of the quick profile in ``data/results/`` and train them into the cache, so every table a
+  chapter shows is computed from weights trained on this machine (the documented switch of the
+  chapters and the Colab notebooks). The full profile's runs (hours of training, which chapters only
+  read) are read from ``data/results/`` either way; ``make results`` remakes them.
 """
 
 from __future__ import annotations
@@ -28,3 +33,8 @@ def cache_dir() -> Path:
 def quiet() -> bool:
     """True when progress bars should be silent (CI sets ``FORGETTING_QUIET=1``)."""
     return os.environ.get("FORGETTING_QUIET", "") not in ("", "0", "false", "False")
+
+
+def retrain() -> bool:
+    """True when ``$FORGETTING_RETRAIN`` asks to train the quick profile's runs instead of reading them."""
+    return os.environ.get("FORGETTING_RETRAIN", "") not in ("", "0", "false", "False")

@@ -6,19 +6,25 @@
 - ``gpu``: a real hub model with LoRA, for Colab with a GPU (never run here: no hub access).
 
 Chapters call :func:`experiment_spec` and :func:`run_cached` (or :func:`run_profile`), and read the
-runs with :class:`forgetting.runs.run.Run`; no chapter hard-codes a size.
+runs with :class:`forgetting.runs.run.Run`; no chapter hard-codes a size. The quick profile's runs
+are published in ``data/results/`` (tables only), so a fresh machine (a Colab VM) draws a chapter's
+tables without training; a cell that needs the weights asks :func:`with_snapshots`, which trains the
+run then (and says whether the weights trained here are those the tables came from).
+``FORGETTING_RETRAIN=1`` trains every quick run instead (:func:`forgetting.paths.retrain`).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from forgetting import paths
 from forgetting.errors import SpecError
 from forgetting.runs import Run
+from forgetting.runs.integrity import WeightsMismatch, check_pairing
 from forgetting.runs.cache import published_dir, result_dir
 from forgetting.spec import ExperimentSpec, load_spec, parse_spec
-from forgetting.train import run_experiment
+from forgetting.train import run_experiment, with_weights
 
 # "sweep": the task-similarity sweep of forgetting.sweep.sweep_table: every ordered pair of "tasks", each
 # task trained for "steps" steps at learning rate "lr" (None: the profile spec's), once per seed of
@@ -89,3 +95,33 @@ def run_profile(profile: str = "quick", *, model: str | None = None, seed: int =
                 table["seed"] = s
         runs.append(result)
     return runs
+
+
+class RetrainedWeights(UserWarning):
+    """The weights a cell reads were trained here and differ from those its run's tables came from."""
+
+
+def with_snapshots(run: Run, *, progress: bool = True) -> Run:
+    """``run`` with its snapshots on disk: itself when it has them, else its spec trained (or resumed)
+    into its cache twin (:func:`forgetting.train.with_weights`; minutes for a quick run).
+
+    The twin's snapshots are compared with the checksums the published tables were computed from
+    (:func:`forgetting.runs.integrity.check_pairing`). Where they differ (another CPU or thread count
+    trains other bits), the tables already shown stay the published ones and what is computed from
+    the returned run's weights is not: this is said in the cell's output and as a
+    :class:`RetrainedWeights` warning, with the switch that makes both one set (``FORGETTING_RETRAIN=1``).
+    """
+    if run.has_weights:
+        return run
+    folder = with_weights(run.folder, progress=progress)
+    try:
+        check_pairing(run.folder, folder)
+    except WeightsMismatch as mismatch:
+        message = (f"Note: the weights of {run.folder.name} were trained on this machine and differ from those its "
+                   f"published tables were computed from ({str(mismatch).split(': ', 1)[-1].split('.')[0]}). "
+                   "The tables and charts above are the published ones; what this cell computes from the weights "
+                   "is not. For one consistent set, set FORGETTING_RETRAIN=1 and run the chapter again (it then "
+                   "trains every run here).")
+        print(message)
+        warnings.warn(message, RetrainedWeights, stacklevel=2)
+    return Run.open(folder)

@@ -120,6 +120,28 @@ def test_repository_url_lives_in_config_and_drives_colab():
         assert "forgetting-companion" not in path.read_text(), path
 
 
+def test_colab_setup_cell_says_what_to_do_when_the_clone_fails(tmp_path, monkeypatch):
+    """Run the setup cell as Colab would (``google.colab`` imported), against a repository that does not
+    exist: one clear error naming the URL and the way out, before anything is installed."""
+    import subprocess
+    import sys
+    import types
+
+    url = colab.repository(REPO)["url"]
+    source = colab.setup_cell_source().replace(url, f"file://{tmp_path}/missing").replace(
+        colab.COLAB_CHECKOUT, str(tmp_path / "checkout"))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    calls = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(args) or real_run(args, **kw))
+    with pytest.raises(RuntimeError) as err:
+        exec(compile(source, "setup-cell", "exec"), {})
+    message = str(err.value)
+    assert message.startswith(f"Could not clone file://{tmp_path}/missing (branch main): ")
+    assert "upload a checkout of it to" in message and "fatal:" in message  # git's own reason
+    assert [c[:2] for c in calls] == [["git", "clone"]]  # pip never ran
+
+
 def test_config_serves_nothing_from_a_cdn():
     sphinx = book.read_config(REPO)["sphinx"]["config"]
     assert "://" not in sphinx["mathjax_path"]

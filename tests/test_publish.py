@@ -50,3 +50,49 @@ def test_a_published_run_is_read_as_is_and_rerun_in_the_cache_when_stale(finishe
     assert has_weights(twin) and with_weights(published) == twin
     pd.testing.assert_frame_equal(pd.read_parquet(twin / "evals.parquet"), pd.read_parquet(finished / "evals.parquet"))
     assert len(other["drift"]) == len(first["drift"])
+
+
+def test_with_snapshots_trains_a_published_run_and_says_so_when_its_weights_differ(finished, tmp_path, monkeypatch):
+    import json
+    import warnings
+
+    from forgetting.profiles import RetrainedWeights, with_snapshots
+    from forgetting.runs import Run
+
+    monkeypatch.setenv("FORGETTING_CACHE", str(tmp_path / "cache"))
+    assert with_snapshots(Run.open(finished)).folder == finished  # has its weights: itself
+    published = publish_run(finished, tmp_path / "results")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same machine, same weights: no note
+        run = with_snapshots(Run.open(published), progress=False)
+    assert run.folder == cache_twin(published) and run.has_weights
+    # the published tables came from other weights (one checksum differs): the cell says so and warns
+    record = json.loads((published / "weights.json").read_text())
+    label = sorted(record["snapshots"])[-1]
+    record["snapshots"][label] = "0" * 64
+    (published / "weights.json").write_text(json.dumps(record))
+    with pytest.warns(RetrainedWeights, match="FORGETTING_RETRAIN=1"):
+        again = with_snapshots(Run.open(published), progress=False)
+    assert again.folder == cache_twin(published)
+
+
+def test_retrain_switch_ignores_published_quick_runs_but_not_full_ones(tmp_path, monkeypatch):
+    from forgetting import paths
+    from forgetting.runs import cache
+    from forgetting.spec import parse_spec
+
+    monkeypatch.setattr(cache.paths, "DATA_DIR", tmp_path)
+    monkeypatch.setenv("FORGETTING_CACHE", str(tmp_path / "cache"))
+    specs = {name: parse_spec(small_spec(name=name)) for name in ("quick", "quick-sweep", "full", "full-sweep")}
+    for spec in specs.values():
+        folder = cache.published_dir(spec)
+        folder.mkdir(parents=True)
+        (folder / "state.json").write_text("{}")
+    monkeypatch.delenv("FORGETTING_RETRAIN", raising=False)
+    assert all(cache.is_published(s) for s in specs.values())
+    for value, on in (("1", True), ("0", False), ("false", False), ("yes", True)):
+        monkeypatch.setenv("FORGETTING_RETRAIN", value)
+        assert paths.retrain() is on
+        published = {name for name, s in specs.items() if cache.is_published(s)}
+        assert published == ({"full", "full-sweep"} if on else set(specs))
+        assert (cache.result_dir(specs["quick"]).parent == tmp_path / "cache" / "runs") is on

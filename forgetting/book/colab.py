@@ -51,8 +51,11 @@ def setup_cell_source(root: str | Path | None = None) -> str:
     ``FORGETTING_DATA`` at the clone's ``data/``.
     """
     repo = repository(root)
+    url, branch = repo["url"], repo["branch"]
     return (
         "# Colab only: install the companion package (locally `make setup` has installed it).\n"
+        "# The quick profile's tables come with the clone, so charts draw without training; a cell that needs\n"
+        "# the weights trains them then (minutes). To train every run here instead, uncomment the last line.\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
@@ -61,9 +64,17 @@ def setup_cell_source(root: str | Path | None = None) -> str:
         "\n"
         f'    checkout = "{COLAB_CHECKOUT}"\n'
         "    if not os.path.isdir(checkout):\n"
-        f'        subprocess.run(["git", "clone", "--depth", "1", "--branch", "{repo["branch"]}", "{repo["url"]}", checkout], check=True)\n'
+        f'        clone = subprocess.run(["git", "clone", "--depth", "1", "--branch", "{branch}", "{url}", checkout],\n'
+        "                               capture_output=True, text=True)\n"
+        "        if clone.returncode != 0:\n"
+        "            raise RuntimeError(\n"
+        f'                f"Could not clone {url} (branch {branch}): {{clone.stderr.strip()}}\\n"\n'
+        '                "This notebook installs the companion package from that repository. If it is private or "\n'
+        f'                "not published yet, upload a checkout of it to {COLAB_CHECKOUT} (Files panel) and run this "\n'
+        '                "cell again.")\n'
         '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", checkout], check=True)\n'
-        '    os.environ["FORGETTING_DATA"] = os.path.join(checkout, "data")'
+        '    os.environ["FORGETTING_DATA"] = os.path.join(checkout, "data")\n'
+        '    # os.environ["FORGETTING_RETRAIN"] = "1"  # train every quick run here instead of reading its tables'
     )
 
 

@@ -3,6 +3,8 @@
 - :mod:`forgetting.viz.offline`: the Altair renderer that works with no network (``offline.enable()``).
 - :mod:`forgetting.viz.charts`: the performance matrix R, forgetting curves, layer x head heatmaps,
   all Altair with params bound to selects and sliders, data embedded.
+- :mod:`forgetting.viz.explorer`: the ipywidgets layer x head explorer for live kernels, which recomputes
+  head disruption from a run's snapshots on every choice (imports torch; not imported here).
 
 Importing this package does not import torch.
 """

@@ -1,6 +1,7 @@
 """Charts of chapter 05 (attention-head disruption): the layer x head disruption map, severe fractions
 per layer against the paper's range, what a fixed threshold would call severe, and attention patterns
-before and after (an Altair chart for the static book, an ipywidgets explorer for live kernels).
+before and after (an Altair chart for the static book; the ipywidgets explorer that recomputes them in a
+live kernel is :mod:`forgetting.viz.explorer`).
 
 Inputs are the ``heads`` and ``head_severity`` tables of :func:`forgetting.analysis.report.analysis_for`
 (observed rows have ``null == ""``) and :class:`forgetting.mechanisms.heads.HeadRecord` objects.
@@ -323,39 +324,9 @@ def live_kernel() -> bool:
     return get_ipython() is not None and not paths.quiet()
 
 
-def attention_explorer(before, after, tokens_of, *, n_examples: int | None = None):
-    """An ipywidgets explorer: pick an example, a layer and a head; see its attention before and after.
-
-    ``tokens_of(example) -> list[str]`` gives an example's tokens. Returns a ``VBox`` (controls and an
-    ``Output`` redrawn with :func:`attention_pattern_chart`). Live kernels only: in a static page the
-    callbacks do not run (use :func:`attention_pattern_chart` there).
-    """
-    import ipywidgets as widgets
-    from IPython.display import display
-
-    L, H = before.attention.shape[:2]
-    n = int(before.n_examples if n_examples is None else min(n_examples, before.n_examples))
-    example = widgets.IntSlider(value=0, min=0, max=n - 1, description="example")
-    layer = widgets.Dropdown(options=list(range(L)), value=0, description="layer")
-    head = widgets.Dropdown(options=list(range(H)), value=0, description="head")
-    out = widgets.Output()
-
-    def redraw(_=None) -> None:
-        out.clear_output(wait=True)
-        with out:
-            display(attention_pattern_chart(before, after, example.value, tokens_of(example.value),
-                                            layer=layer.value, head=head.value))
-
-    for w in (example, layer, head):
-        w.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([widgets.HBox([example, layer, head]), out])
-
-
 __all__ = [
     "HEAD_MEASURES",
     "PAPER_RANGE",
-    "attention_explorer",
     "attention_pattern_chart",
     "attention_pattern_table",
     "bootstrap_over_heads",
