@@ -103,7 +103,7 @@ class RetrainedWeights(UserWarning):
 
 def with_snapshots(run: Run, *, progress: bool = True) -> Run:
     """``run`` with its snapshots on disk: itself when it has them, else its spec trained (or resumed)
-    into its cache twin (:func:`forgetting.train.with_weights`; minutes for a quick run).
+    into its cache twin (:func:`forgetting.train.sequence.with_weights`; minutes for a quick run).
 
     The twin's snapshots are compared with the checksums the published tables were computed from
     (:func:`forgetting.runs.integrity.check_pairing`). Where they differ (another CPU or thread count

@@ -30,8 +30,8 @@ from forgetting.files import atomic_dir
 from forgetting.profiles import experiment_spec, seeds
 from forgetting.runs import RunLayout, cache_twin, has_weights, run_name
 from forgetting.runs.integrity import read_weights_record, write_weights_record
-from forgetting.runs.layout import TABLE_DIRS, TABLE_FILES
-from forgetting.sweep import sweep_table
+from forgetting.runs.layout import TABLE_DIRS, TABLE_FILES, TABLE_PATTERNS
+from forgetting.sweep import sweep_alignment, sweep_table
 from forgetting.train import run_experiment
 
 
@@ -51,6 +51,9 @@ def publish_run(run_dir: str | Path, results_dir: str | Path | None = None) -> P
         for name in TABLE_DIRS:
             if (run_dir / name).is_dir():
                 shutil.copytree(run_dir / name, staging / name)
+        for pattern in TABLE_PATTERNS:
+            for file in sorted(run_dir.glob(pattern)):
+                shutil.copy2(file, staging / file.name)
         if has_weights(run_dir):
             write_weights_record(run_dir, staging)
     return target
@@ -99,5 +102,9 @@ def make_results(profile: str = "full", *, progress: bool = True) -> list[Path]:
         dynamics_for(folder, progress=progress)
         published.append(publish_run(folder))
     sweep = sweep_table(profile, progress=progress)
-    published += [publish_run(folder) for folder in sweep["run"] if has_weights(folder)]
+    sweep_alignment(sweep, progress=progress)  # chapter 06's gradient alignment per pair, published beside it
+    for folder in sweep["run"]:  # the run with its weights: a published pair's is its cache twin
+        source = folder if has_weights(folder) else cache_twin(folder)
+        if has_weights(source):
+            published.append(publish_run(source))
     return published

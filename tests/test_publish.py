@@ -96,3 +96,15 @@ def test_retrain_switch_ignores_published_quick_runs_but_not_full_ones(tmp_path,
         published = {name for name, s in specs.items() if cache.is_published(s)}
         assert published == ({"full", "full-sweep"} if on else set(specs))
         assert (cache.result_dir(specs["quick"]).parent == tmp_path / "cache" / "runs") is on
+
+
+def test_publish_copies_a_sweep_pairs_alignment_rows(finished, tmp_path):
+    from forgetting.runs import RunLayout
+
+    rows = RunLayout(finished).sweep_alignment(64)
+    pd.DataFrame({"task_a": ["recall_city"], "value": [0.25]}).to_parquet(rows)
+    try:
+        out = publish_run(finished, tmp_path)
+        pd.testing.assert_frame_equal(pd.read_parquet(out / rows.name), pd.read_parquet(rows))
+    finally:
+        rows.unlink()

@@ -122,6 +122,11 @@ def test_similarity_scatter_spec_has_three_selects_and_the_data(table):
     assert {d["pair"] for d in data} == {"a→b", "b→a", "a→c", "c→a", "b→c", "c→b"}
     text = str(spec)
     assert "poly" in text and all(role in text for role in ROLES)
+    # pair labels are drawn only for the highlighted task's pairs (none while no task is highlighted)
+    (text_layer,) = [layer for layer in spec["layer"] if (layer.get("mark") or {}).get("type") == "text"]
+    opacity = text_layer["encoding"]["opacity"]
+    assert opacity["value"] == 0.0 and opacity["condition"]["value"] == 0.9
+    assert opacity["condition"]["test"].startswith("task != '(none)' && ")
 
 
 def test_similarity_heatmap_uses_aggregate_rows(table):

@@ -299,12 +299,27 @@ def _build_note(parameters: Mapping[str, object], source: str) -> str:
     )
 
 
+def figure_caption(cell) -> str | None:
+    """The caption of a chart cell (its ``mystnb.figure.caption`` metadata, which the book numbers as a
+    figure), or ``None``."""
+    figure = ((cell.get("metadata") or {}).get("mystnb") or {}).get("figure") or {}
+    caption = str(figure.get("caption") or "").strip()
+    return caption or None
+
+
+def _chapter_number(source: str) -> int | None:
+    """1 for ``chapters/01_measuring_forgetting`` (the toc numbers chapters 01-08 as 1-8); None for 00."""
+    match = re.match(r"(\d+)_", Path(source).name)
+    return int(match.group(1)) or None if match else None
+
+
 def render_notebook(executed, *, bib: Mapping[str, tuple[str, str]] | None = None, source: str = "",
                     parameters: Mapping[str, object] | None = None):
     """The Colab notebook of a chapter, from its executed notebook ``executed`` (an nbformat node; not changed).
 
     Returns a new notebook: markdown cells rendered by :func:`render_markdown` with the notebook's glued
-    values, code cells without outputs (the ``injected-parameters`` cell dropped), deterministic cell ids,
+    values, code cells without outputs (the ``injected-parameters`` cell dropped), each chart cell followed
+    by its caption as the book numbers it ("Figure 3.2."; :func:`figure_caption`), deterministic cell ids,
     kernelspec ``python3`` and no jupytext pairing; a note under the title names the build. Raises
     :class:`RenderError` naming the cell when a role cannot be resolved.
     """
@@ -312,13 +327,21 @@ def render_notebook(executed, *, bib: Mapping[str, tuple[str, str]] | None = Non
 
     bib = bibliography() if bib is None else bib
     glue = glue_values(executed)
-    cells = []
+    chapter = _chapter_number(source)
+    cells, figures = [], 0
     for index, cell in enumerate(executed.cells):
         tags = list((cell.get("metadata") or {}).get("tags", []))
         if cell.cell_type == "code":
             if "injected-parameters" in tags:
                 continue
-            new = nbformat.v4.new_code_cell(cell.source, metadata={"tags": tags} if tags else {})
+            cells.append(nbformat.v4.new_code_cell(cell.source, metadata={"tags": tags} if tags else {}))
+            caption = figure_caption(cell)
+            if caption is not None:
+                figures += 1
+                number = f"{chapter}.{figures}" if chapter else str(figures)
+                new = nbformat.v4.new_markdown_cell(f"*Figure {number}. {render_markdown(caption, glue, bib)}*")
+            else:
+                continue
         elif cell.cell_type == "markdown":
             try:
                 new = nbformat.v4.new_markdown_cell(render_markdown(cell.source, glue, bib))
@@ -412,6 +435,7 @@ __all__ = [
     "RenderError",
     "bibliography",
     "cite_text",
+    "figure_caption",
     "format_glue",
     "glue_values",
     "raw_myst",

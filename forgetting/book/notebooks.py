@@ -70,6 +70,7 @@ def _with_setup_cell(nb):
 def _notebook_key(nb) -> tuple:
     cells = tuple(
         (c.cell_type, c.source.strip(), tuple(c.get("metadata", {}).get("tags", [])),
+         repr(c.get("metadata", {}).get("mystnb")),  # a chart cell's figure caption and name
          len(c.get("outputs", [])) if c.cell_type == "code" else 0)
         for c in nb.cells
     )
@@ -78,7 +79,7 @@ def _notebook_key(nb) -> tuple:
 
 
 def _same_notebook(path: Path, wanted) -> bool:
-    """True when the notebook at ``path`` has ``wanted``'s cells (type, source, tags, no outputs)."""
+    """True when the notebook at ``path`` has ``wanted``'s cells (type, source, tags, figure metadata, no outputs)."""
     import nbformat  # deferred: the [book] extra
 
     try:

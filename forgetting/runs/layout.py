@@ -45,6 +45,8 @@ WEIGHTS_RECORD = "weights.json"  # the checksums of the snapshots a published co
 TABLE_FILES = (MANIFEST, STATE, EVALS, TRAIN_LOG, REFERENCE, DYNAMICS, DYNAMICS_MANIFEST, CAUSAL, CAUSAL_MANIFEST,
                WEIGHTS_RECORD)
 TABLE_DIRS = (ANALYSIS,)
+#: Glob patterns of further tables a run folder may hold, one file per argument (sweep alignment per n).
+TABLE_PATTERNS = (SWEEP_ALIGNMENT.format(n="*"),)
 WEIGHT_DIRS = (SNAPSHOTS, NULLS)
 
 

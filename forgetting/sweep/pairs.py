@@ -62,8 +62,8 @@ from forgetting.errors import SpecError
 from forgetting.files import atomic_write_table
 from forgetting.mechanisms.gradients import task_gradients
 from forgetting.mechanisms.similarity import _check_task_names, _frame, cosine
-from forgetting.profiles import experiment_spec, run_cached, sweep_settings
-from forgetting.runs import Run, RunLayout, result_dir, tasks_for_spec
+from forgetting.profiles import experiment_spec, run_cached, sweep_settings, with_snapshots
+from forgetting.runs import Run, RunLayout, cache_twin, result_dir, tasks_for_spec
 from forgetting.spec import ExperimentSpec, parse_spec
 from forgetting.tasks.families import make_task
 
@@ -210,7 +210,8 @@ def sweep_alignment(sweep: pd.DataFrame, *, n_examples: int = 64, batch_size: in
     Returns:
         long DataFrame (:data:`forgetting.mechanisms.similarity.SIMILARITY_COLUMNS`) with the two measures per ordered pair. Each pair's
         rows are cached in its run folder (:meth:`forgetting.runs.layout.RunLayout.sweep_alignment`) and read back
-        next time.
+        next time; a published pair (tables only, its rows published beside them) whose rows are missing is
+        trained into its cache twin, where its rows are then cached.
     """
     missing = [c for c in ("task_a", "task_b", "run") if c not in getattr(sweep, "columns", ())]
     if missing:
@@ -218,11 +219,11 @@ def sweep_alignment(sweep: pd.DataFrame, *, n_examples: int = 64, batch_size: in
     frames, loaded = [], None
     for a, b, folder in tqdm(list(zip(sweep.task_a, sweep.task_b, sweep.run)), desc="alignment",
                              disable=not progress or paths.quiet()):
-        cache = RunLayout(Path(folder)).sweep_alignment(n_examples)
-        if cache.is_file():
-            frames.append(pd.read_parquet(cache))
+        stored = [RunLayout(f).sweep_alignment(n_examples) for f in (Path(folder), cache_twin(folder))]
+        if any(f.is_file() for f in stored):
+            frames.append(pd.read_parquet(next(f for f in stored if f.is_file())))
             continue
-        run = Run.open(folder)
+        run = with_snapshots(Run.open(folder), progress=progress)  # a published pair is trained into its twin first
         base = (run.spec.model, run.spec.finetune.method)
         if loaded is None or loaded[0] != base:  # one model serves every pair run of the same base model
             loaded = (base, *run.load_model())
@@ -237,7 +238,7 @@ def sweep_alignment(sweep: pd.DataFrame, *, n_examples: int = 64, batch_size: in
                 {"task_a": a, "task_b": b, "measure": "update_alignment", "layer": None,
                  "value": cosine(delta, {n: -g for n, g in g_b.items()})}]
         frame = _frame(rows)
-        atomic_write_table(cache, frame)
+        atomic_write_table(RunLayout(run.folder).sweep_alignment(n_examples), frame)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else _frame([])
 
@@ -247,13 +248,14 @@ def sweep_answers(sweep: pd.DataFrame, task_a: str, task_b: str, *, n_examples: 
     """What forgetting looks like: greedy answers to A's first ``n_examples`` held-out prompts after A and after B.
 
     Reads the pair's run (a row of :func:`pairwise_sweep` with these tasks) and decodes greedily from the
-    snapshots after stage 1 (A) and stage 2 (B). Returns ``prompt, target, after_a, after_b`` per example.
+    snapshots after stage 1 (A) and stage 2 (B) (a published pair is trained first:
+    :func:`forgetting.profiles.with_snapshots`). Returns ``prompt, target, after_a, after_b`` per example.
     """
     rows = sweep[(sweep["task_a"] == task_a) & (sweep["task_b"] == task_b)] if "run" in sweep.columns else sweep.iloc[:0]
     if rows.empty:
         pairs = ", ".join(f"{a}->{b}" for a, b in zip(sweep.get("task_a", []), sweep.get("task_b", [])))
         raise SpecError("task_a, task_b", f"no run for {task_a}->{task_b} in the sweep; allowed: {pairs}")
-    run = Run.open(rows["run"].iloc[0])
+    run = with_snapshots(Run.open(rows["run"].iloc[0]), progress=False)  # a published pair: trained here first
     spec = run.spec
     model, tokenizer = run.load_model()
     examples = make_task(task_a, n_eval=spec.data.n_eval, seed=spec.data.task_seed).eval[:n_examples]

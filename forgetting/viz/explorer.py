@@ -17,9 +17,9 @@ column needs the null snapshots; chapter 05's static chart has it).
 
 Live kernels only (Jupyter, Colab): callbacks need a kernel. The static book shows
 :func:`~forgetting.viz.heads.attention_pattern_chart` and says that the explorer runs after launch.
-The state a test or a reader can inspect after each callback: :attr:`HeadExplorer.disruption` (the long
-table of the current pair), :attr:`HeadExplorer.head_map` and :attr:`HeadExplorer.pattern` (the charts
-last drawn) and :attr:`HeadExplorer.recorded` (the pairs recorded so far).
+The state a test or a reader can inspect after each callback: ``explorer.disruption`` (the long
+table of the current pair), ``explorer.head_map`` and ``explorer.pattern`` (the charts last drawn) and
+:attr:`HeadExplorer.recorded` (the pairs recorded so far).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from forgetting.errors import SpecError
 from forgetting.mechanisms.heads import HeadRecord, head_activity, head_disruption
 from forgetting.viz.heads import HEAD_MEASURES, attention_pattern_chart, head_disruption_heatmap, pair_label
 
-#: The measures the explorer offers: those :func:`~forgetting.mechanisms.heads.head_disruption` gives
+#: The measures the explorer offers, those :func:`~forgetting.mechanisms.heads.head_disruption` gives
 #: for one pair without nulls (the combined z needs the null snapshots).
 EXPLORER_MEASURES = tuple(m for m in HEAD_MEASURES if m != "combined_z")
 

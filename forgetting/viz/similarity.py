@@ -98,7 +98,7 @@ def similarity_scatter(
     - ``task``: highlight every pair that involves one task, coloured by its role (A: trained first and
       forgotten, or B: trained second).
 
-    Each point is labelled ``A→B``; the solid line is the least-squares quadratic over the shown points (the
+    A point's pair ``A→B`` is in its tooltip, and written beside it while its task is highlighted; the solid line is the least-squares quadratic over the shown points (the
     intermediate-similarity peak would show as a hump), the dashed line the straight-line fit.
     Data: pairs x similarity measures x forgetting measures rows (:func:`scatter_table`).
     """
@@ -133,8 +133,10 @@ def similarity_scatter(
                  alt.Tooltip("similarity:N", title="similarity measure"),
                  alt.Tooltip("forgetting:N", title="forgetting measure")],
     )
+    # Labels only for the highlighted task's pairs: all 2 x C(n, 2) labels at once pile up into one blot.
+    labelled = f"task != {NO_TASK!r} && (datum.task_a == task || datum.task_b == task)"
     labels = base.mark_text(align="left", dx=7, dy=-6, fontSize=10).encode(
-        x=x, y=y, text="pair:N", opacity=alt.condition(highlighted, alt.value(0.9), alt.value(0.15)))
+        x=x, y=y, text="pair:N", opacity=alt.condition(labelled, alt.value(0.9), alt.value(0.0)))
     quadratic = base.transform_regression("s", "f", method="poly", order=2).mark_line(color="black", opacity=0.6).encode(
         x="s:Q", y="f:Q")
     linear = base.transform_regression("s", "f").mark_line(color="black", strokeDash=[4, 4], opacity=0.4).encode(
