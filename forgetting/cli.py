@@ -8,7 +8,9 @@
     forgetting results                run the full profile's seeds into data/results/
     forgetting tasks                  list tasks and named sequences
 
-Bad input exits with status 2 and one line naming the field and what is allowed; nothing is written.
+Bad input exits with status 2 and one line naming the field and what is allowed; nothing is written. A
+damaged file of a run folder (truncated or altered JSON) exits 2 naming the file; Ctrl-C exits 130 with one
+line saying that the same command resumes; a closed pipe (``show DIR | head``) ends quietly.
 
 Each command imports what it runs inside its function (marked ``# deferred``), so that ``--help`` and the
 light commands start without loading torch, transformers and the book machinery.
@@ -17,14 +19,17 @@ light commands start without loading torch, transformers and the book machinery.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from forgetting.errors import ForgettingError, SpecError
+from forgetting.errors import DamagedFile, ForgettingError, SpecError
 from forgetting.threads import configure_threads
 from forgetting.version import __version__
 
 EXIT_BAD_INPUT = 2
+#: Stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
 #: The commands that train or measure (torch gets :func:`forgetting.threads.configure_threads`).
 COMPUTING = ("run", "analyze", "pretrain", "results")
 
@@ -58,11 +63,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
     manifest, evals, reference = run.manifest, run.evals, run.reference
     print(f"run {manifest['spec']['name']} (spec {manifest['spec_hash']}, seed {manifest['seed']}, "
           f"model {manifest['spec']['model']}, commit {str(manifest.get('git_commit'))[:10]})")
+    done, total = max(run.stages), len(run.task_names)
+    if done < total:  # the stages so far: the summary needs a square R, so it covers the tasks trained
+        print(f"unfinished: {done} of {total} stages completed; the summary covers the first {done} task(s)."
+              f" Run `forgetting run SPEC --out {args.dir}` to resume.")
+        evals, reference = evals[(evals["stage"] <= done) & (evals["task_index"] < done)], None
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"\nR[{args.metric}]: row = after training that task, column = evaluated task")
         print(performance_matrix(evals, args.metric).to_string())
-        print("\nsummary (losses negated: higher is better everywhere)")
-        print(summary_table(evals, reference).to_string(index=False))
+        if done >= 1:
+            print("\nsummary (losses negated: higher is better everywhere)")
+            print(summary_table(evals, reference).to_string(index=False))
     return 0
 
 
@@ -212,12 +223,20 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads()
     try:
         return args.func(args)
-    except SpecError as exc:
+    except (SpecError, DamagedFile) as exc:
         print(f"forgetting {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ForgettingError as exc:
         print(f"forgetting {args.command}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nforgetting {args.command}: stopped (Ctrl-C). What was finished is kept: run the same command "
+              "again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `forgetting show DIR | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

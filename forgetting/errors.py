@@ -17,3 +17,14 @@ class SpecError(ForgettingError, ValueError):
 
 class TrainingDiverged(ForgettingError, RuntimeError):
     """The loss became NaN or infinite; what was completed before is kept on disk."""
+
+
+class DamagedFile(ForgettingError, ValueError):
+    """A file the package wrote cannot be read back (truncated, altered): names it and what to do."""
+
+    def __init__(self, path, problem: str):
+        self.path = path
+        super().__init__(
+            f"{path}: {problem}. The file is truncated or was altered since it was written. Re-run the command "
+            "that wrote it (`forgetting run SPEC --out DIR` resumes a run from its last complete stage), or "
+            "remove the folder and run again.")

@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from forgetting import paths
+from forgetting.errors import DamagedFile
 from forgetting.version import __version__
 
 
@@ -90,7 +91,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON file at ``path``; a file that is not valid JSON (truncated, altered) raises
+    :class:`~forgetting.errors.DamagedFile` naming it."""
+    text = Path(path).read_bytes()
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DamagedFile(path, f"not valid JSON ({exc})") from None
 
 
 def atomic_write_table(path: Path, df: pd.DataFrame) -> None:

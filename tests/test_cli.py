@@ -85,3 +85,67 @@ def test_tasks_lists_tasks_and_sequences(capsys):
     assert main(["tasks"]) == 0
     printed = capsys.readouterr().out
     assert "update_city" in printed and "default" in printed
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    spec = tmp / "spec.yaml"
+    spec.write_text(yaml.safe_dump(small_spec()))
+    assert main(["run", str(spec), "--out", str(tmp / "r"), "--quiet"]) == 0
+    return tmp / "r"
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "copy")
+
+
+def test_show_on_an_unfinished_run_prints_the_stages_so_far(finished_run, tmp_path, capsys):
+    import json
+
+    run = _copy(finished_run, tmp_path)
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "completed_stages": 1}))  # stopped after stage 1
+    capsys.readouterr()
+    assert main(["show", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "unfinished: 1 of 2 stages completed" in printed and f"--out {run}` to resume" in printed
+    R, summary = printed.split("R[exact_match]")[1].split("summary (losses negated")
+    assert "recall_city" in R and "update_city" not in R  # rows base and recall_city; one column
+    assert "acc" in summary
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "state.json"])
+def test_a_truncated_json_file_is_named_with_exit_2_and_no_traceback(finished_run, tmp_path, capsys, name):
+    run = _copy(finished_run, tmp_path)
+    text = (run / name).read_text()
+    (run / name).write_text(text[: len(text) // 2])
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    capsys.readouterr()
+    assert main(["show", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / name}: not valid JSON" in err and "truncated or was altered" in err and "resumes" in err
+    assert "Traceback" not in err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing written
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(monkeypatch, finished_run, capsys):
+    import forgetting.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_show", interrupted)
+    assert main(["show", str(finished_run)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == ("forgetting show: stopped (Ctrl-C). What was finished is kept: run the same command again "
+                   "to resume.")
+
+
+def test_show_into_a_closed_pipe_ends_quietly(finished_run):
+    proc = subprocess.run(f"{sys.executable} -m forgetting show {finished_run} | head -n 1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("run test (spec ")
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
