@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from forgetting.errors import DamagedFile, ForgettingError, SpecError
+from forgetting.files import folder_lock
 from forgetting.threads import configure_threads
 from forgetting.version import __version__
 
@@ -40,7 +41,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     check_out_dir(spec, Path(args.out))  # refuse a foreign folder before loading anything
-    out = run_experiment(spec, args.out, progress=not args.quiet)
+    with folder_lock(Path(args.out)):  # a second writer into the same folder is refused, not mixed in
+        out = run_experiment(spec, args.out, progress=not args.quiet)
     print(f"run complete: {out}")
     return 0
 
@@ -132,8 +134,19 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     )
     from forgetting.runs import Run  # deferred
 
-    Run.open(args.dir)  # not a run folder: a clear error before any work
-    out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, nulls=args.nulls, progress=not args.quiet)
+    run = Run.open(args.dir)  # not a run folder: a clear error before any work
+    problems = []
+    if args.examples < 1:
+        problems.append(f"--examples: {args.examples} not allowed; allowed: >= 1")
+    bad_stages = sorted(set(args.stages or ()) - set(run.stages[2:]))
+    if bad_stages:
+        problems.append(f"--stages: {', '.join(map(str, bad_stages))} not allowed; allowed: "
+                        f"{', '.join(map(str, run.stages[2:])) or 'none (fewer than two stages completed)'}")
+    if problems:
+        raise SpecError("analyze", "; ".join(problems))
+    with folder_lock(Path(args.dir), option="DIR"):  # not while a run or another analysis writes there
+        out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, nulls=args.nulls,
+                          progress=not args.quiet)
     drift = load_analysis(args.dir)["drift"]
     if {"readout", "debiased"} <= set(drift.columns):  # the ledger's readout: last prompt token, debiased CKA
         drift = drift[(drift["readout"] == "last") & drift["debiased"].astype(bool)]

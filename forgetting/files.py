@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from forgetting import paths
-from forgetting.errors import DamagedFile
+from forgetting.errors import DamagedFile, SpecError
 from forgetting.version import __version__
 
 
@@ -133,3 +133,31 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, option: str = "--out") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if missing) while the block runs; another process
+    holding it gets :class:`~forgetting.errors.SpecError` at once instead of writing into the same
+    folder (two runs into one folder would mix their tables and snapshots).
+
+    The lock is ``flock`` on the folder itself, so nothing is written into it and it is released when
+    the process ends, however it ends. Where ``fcntl`` does not exist (Windows) the block runs unlocked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl  # deferred: POSIX only
+    except ImportError:  # pragma: no cover - Windows
+        yield folder
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpecError(option, f"{folder} is being written by another forgetting process; wait for it to "
+                                    "finish or choose another folder") from None
+        yield folder
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -149,3 +149,27 @@ def test_show_into_a_closed_pipe_ends_quietly(finished_run):
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith("run test (spec ")
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
+def test_a_second_writer_into_the_same_folder_is_refused(finished_run, tmp_path, capsys):
+    from forgetting.files import folder_lock
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(small_spec(seed=1)))
+    out = tmp_path / "shared"
+    with folder_lock(out):  # another process writing there (flock: one open file description each)
+        assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {out} is being written by another forgetting process" in err
+    assert list(out.iterdir()) == []  # nothing written
+    with folder_lock(finished_run):
+        assert main(["analyze", str(finished_run), "--examples", "4"]) == 2
+    assert f"DIR: {finished_run} is being written by another forgetting process" in capsys.readouterr().err
+
+
+def test_analyze_names_every_bad_argument_before_any_work(finished_run, tmp_path, capsys):
+    run = _copy(finished_run, tmp_path)
+    assert main(["analyze", str(run), "--examples", "0", "--stages", "1", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "--examples: 0 not allowed; allowed: >= 1" in err and "--stages: 1, 7 not allowed; allowed: 2" in err
+    assert not (run / "analysis").exists()

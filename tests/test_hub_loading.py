@@ -125,6 +125,27 @@ def test_folder_without_tokenizer(tmp_path, no_network):
         load_pretrained(tmp_path / "m")
 
 
+def test_gpt2_folder_without_tokenizer_files_is_refused_not_scored(tmp_path, no_network):
+    """GPT-2's tokenizer class loads from a folder with no vocabulary files, with one token: every prompt
+    and answer would encode to nothing (a run scored exact match 1.000 on empty answers)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50, n_positions=32,
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(SpecError) as err:
+        load_pretrained(tmp_path / "gpt2")
+    message = str(err.value)
+    assert message.startswith(f"model: {tmp_path / 'gpt2'}: its tokenizer has a vocabulary of 1 token(s)")
+    assert "encodes 'The cat sat on the mat.' to 0 tokens" in message and "tokenizer.save_pretrained" in message
+
+
+def test_a_usable_tokenizer_passes_the_check(saved):
+    from forgetting.models.hub import check_tokenizer
+
+    _, tokenizer = load_pretrained(saved["llama"])
+    assert check_tokenizer(tokenizer, "x") is tokenizer
+
+
 def test_unknown_hub_id_fails_fast_offline(monkeypatch, no_network):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()

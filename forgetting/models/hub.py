@@ -168,11 +168,34 @@ def load_pretrained(
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except _LOAD_ERRORS as exc:
         raise _load_error(source, local, exc, "model") from None
+    check_tokenizer(tokenizer, source)
     if torch_device is not None:
         model = model.to(torch_device)
     model.eval()
     prepare_tokenizer(tokenizer, model)
     return model, tokenizer
+
+
+#: The text a loaded tokenizer must encode to at least one token.
+PROBE_TEXT = "The cat sat on the mat."
+
+
+def check_tokenizer(tokenizer: Any, source: str) -> Any:
+    """``tokenizer`` if it is usable, else :class:`~forgetting.errors.SpecError` on field ``model``.
+
+    A folder saved without its tokenizer files can still load a tokenizer class with an empty
+    vocabulary: every prompt and target then encodes to nothing, and a run scores a perfect exact match
+    on empty answers. Usable means a vocabulary of at least 2 tokens and :data:`PROBE_TEXT` encoding to
+    at least one token.
+    """
+    size = len(tokenizer)
+    n_probe = len(tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    if size < 2 or n_probe == 0:
+        raise SpecError("model", f"{source}: its tokenizer has a vocabulary of {size} token(s) and encodes "
+                                 f"{PROBE_TEXT!r} to {n_probe} tokens, so every prompt and answer would be empty. "
+                                 "The folder lacks its tokenizer files (tokenizer.json or vocab/merges); save "
+                                 "them beside the model with tokenizer.save_pretrained(folder)")
+    return tokenizer
 
 
 def read_config(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
