@@ -34,8 +34,9 @@ def runtime_note(stamp: dict, cpu_count: int | None = None) -> str:
     return (f'<p class="{NOTE_CLASS}"><strong>Runtime:</strong> this page\'s code ran in '
             f"{duration_text(float(stamp['seconds']))} when the book was built on {day} "
             f"(profile <code>{p.get('profile', '?')}</code>, model <code>{p.get('model', '?')}</code>, "
-            f"{cores} CPU core{'s' if cores != 1 else ''}). Runs already in the cache are reused: on a "
-            "fresh machine the first chapter that needs a run also trains it.</p>")
+            f"{cores} CPU core{'s' if cores != 1 else ''}). Its runs' tables are read from the published or "
+            "cached ones; on a fresh machine the first cell that needs a run's weights trains it first "
+            "(minutes).</p>")
 
 
 def add_runtime_note(notebook_path: str | Path, stamp_path: str | Path) -> bool:
