@@ -138,12 +138,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     problems = []
     if args.examples < 1:
         problems.append(f"--examples: {args.examples} not allowed; allowed: >= 1")
-    bad_stages = sorted(set(args.stages or ()) - set(run.stages[2:]))
-    if bad_stages:
-        problems.append(f"--stages: {', '.join(map(str, bad_stages))} not allowed; allowed: "
-                        f"{', '.join(map(str, run.stages[2:])) or 'none (fewer than two stages completed)'}")
+    completed = max(run.stages)
+    bad_stages = [s for s in args.stages or () if not 2 <= s <= completed]
+    if bad_stages:  # in the words analyze_run uses for the same check
+        problems.append(f"--stages: {bad_stages} not analysable; allowed: 2..{completed} (stages with an earlier task)")
     if problems:
-        raise SpecError("analyze", "; ".join(problems))
+        field, _, first = problems[0].partition(": ")  # "--examples: 0 not allowed; --stages: ..."
+        raise SpecError(field, "; ".join([first, *problems[1:]]))
     with folder_lock(Path(args.dir), option="DIR"):  # not while a run or another analysis writes there
         out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, nulls=args.nulls,
                           progress=not args.quiet)

@@ -142,22 +142,29 @@ def folder_lock(folder: Path, *, option: str = "--out") -> Iterator[Path]:
     folder (two runs into one folder would mix their tables and snapshots).
 
     The lock is ``flock`` on the folder itself, so nothing is written into it and it is released when
-    the process ends, however it ends. Where ``fcntl`` does not exist (Windows) the block runs unlocked.
+    the process ends, however it ends; a folder this call created is removed again if the block left
+    it empty (bad input found inside it writes nothing). Where ``fcntl`` does not exist (Windows) the
+    block runs unlocked.
     """
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl  # deferred: POSIX only
-    except ImportError:  # pragma: no cover - Windows
-        yield folder
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SpecError(option, f"{folder} is being written by another forgetting process; wait for it to "
-                                    "finish or choose another folder") from None
-        yield folder
+            import fcntl  # deferred: POSIX only
+        except ImportError:  # pragma: no cover - Windows
+            yield folder
+            return
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SpecError(option, f"{folder} is being written by another forgetting process; wait for it "
+                                        "to finish or choose another folder") from None
+            yield folder
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # bad input found inside the block: leave no empty folder behind
