@@ -18,6 +18,11 @@ FIGURES = """() => Array.from(document.querySelectorAll('.forgetting-vega')).map
             text: caption ? caption.textContent.trim() : ''};
 })"""
 
+READY = """() => Array.from(document.querySelectorAll('.forgetting-vega')).every(chart => {
+    const figure = chart.closest('figure');
+    return figure && figure.querySelector('figcaption .caption-number');
+})"""
+
 
 def test_every_chart_is_a_numbered_figure_with_a_caption(served_book, visit):
     pages = 0
@@ -27,6 +32,10 @@ def test_every_chart_is_a_numbered_figure_with_a_caption(served_book, visit):
         chapter = re.match(r"chapters/(\d+)_", page_path)
         assert chapter, f"{page_path}: a chart outside a numbered chapter"
         v = visit(served_book, page_path)
+        try:  # on a loaded machine the theme's and MathJax's scripts may still be rewriting the page
+            v.page.wait_for_function(READY, timeout=20_000)
+        except Exception:  # noqa: BLE001 - the assertions below say what is missing
+            pass
         figures = v.page.evaluate(FIGURES)
         assert figures and all(f["inFigure"] for f in figures), f"{page_path}: a chart outside a figure: {figures}"
         expected = [f"Fig. {int(chapter.group(1))}.{k}" for k in range(1, len(figures) + 1)]
