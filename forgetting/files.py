@@ -144,9 +144,14 @@ def folder_lock(folder: Path, *, option: str = "--out") -> Iterator[Path]:
     The lock is ``flock`` on the folder itself, so nothing is written into it and it is released when
     the process ends, however it ends; a folder this call created is removed again if the block left
     it empty (bad input found inside it writes nothing). Where ``fcntl`` does not exist (Windows) the
-    block runs unlocked.
+    block runs unlocked. Under a distributed launch (``accelerate launch``, ``torchrun``) only rank 0
+    takes the lock: the other ranks (``$RANK`` above 0) are the same run, and only rank 0 writes.
     """
     folder = Path(folder)
+    if int(os.environ.get("RANK", "0")) > 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:

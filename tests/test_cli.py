@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from forgetting.cli import main
+from forgetting.errors import SpecError
 from tests.conftest import small_spec
 
 BAD_SPECS = {
@@ -175,3 +176,17 @@ def test_analyze_names_every_bad_argument_before_any_work(finished_run, tmp_path
     assert "--examples: 0 not allowed; allowed: >= 1" in err
     assert "--stages: [1, 7] not analysable; allowed: 2..2 (stages with an earlier task)" in err
     assert not (run / "analysis").exists()
+
+
+def test_ranks_above_zero_of_one_launch_do_not_take_the_lock(tmp_path, monkeypatch):
+    from forgetting.files import folder_lock
+
+    out = tmp_path / "shared"
+    with folder_lock(out):  # rank 0 of a launch holds the folder
+        monkeypatch.setenv("RANK", "1")  # another rank of the same launch writes nothing and is let in
+        with folder_lock(out) as inside:
+            assert inside == out
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(SpecError, match="being written by another forgetting process"):
+            with folder_lock(out):
+                pass
