@@ -2,7 +2,9 @@
 
 - ``DATA_DIR``: the repository's ``data/`` folder (shipped specs, the pretrained embedded model, cached
   results with provenance), or ``$FORGETTING_DATA`` when set (Colab installs the package from a clone
-  and points this at the clone's ``data/``).
+  and points this at the clone's ``data/``). Installed from the wheel, outside a checkout, it is the
+  package's own ``_data/`` (in the checkout a link to ``data/``): the embedded models, the specs and the
+  ledger rules, without the published results, whose runs are then computed into the cache.
 - ``cache_dir()``: ``$FORGETTING_CACHE`` or ``~/.cache/forgetting``; used for anything the package builds
   when ``data/`` does not have it (for example the embedded model after its recipe changed).
 - ``retrain()``: ``$FORGETTING_RETRAIN`` set (to anything but ``0``/``false``): ignore the published
@@ -19,7 +21,9 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
-DATA_DIR = Path(os.environ.get("FORGETTING_DATA", REPO_ROOT / "data"))
+#: A checkout has ``pyproject.toml`` beside the package; an installed wheel does not.
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "data").is_dir()
+DATA_DIR = Path(os.environ.get("FORGETTING_DATA", REPO_ROOT / "data" if IN_CHECKOUT else PACKAGE_DIR / "_data"))
 SPECS_DIR = DATA_DIR / "specs"
 
 

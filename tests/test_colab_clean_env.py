@@ -130,3 +130,44 @@ def test_measuring_forgetting_draws_its_charts_from_the_shipped_tables(colab_env
     assert len(charts) >= 2  # the R heatmap and the forgetting curves
     major = altair.split(".")[0]
     assert all(f"vega-lite@{major}." in html for html in charts)  # the Vega-Lite of this Altair (forgetting.viz.offline)
+
+
+LIBRARY = (
+    "import json, time\n"
+    "start = time.perf_counter()\n"
+    "from forgetting import paths\n"
+    "from forgetting.models import load_model\n"
+    "from forgetting.models.embedded import embedded_dir\n"
+    "model, tokenizer = load_model('tiny')\n"
+    "seconds = time.perf_counter() - start\n"
+    "from forgetting.spec import load_spec\n"
+    "spec = load_spec(paths.SPECS_DIR / 'quick.yaml')\n"
+    "print(json.dumps({'data_dir': str(paths.DATA_DIR), 'in_checkout': paths.IN_CHECKOUT,\n"
+    "                  'model_dir': str(embedded_dir('tiny', build=False)), 'seconds': seconds,\n"
+    "                  'n_parameters': sum(p.numel() for p in model.parameters()), 'spec': spec.name,\n"
+    "                  'encodes': len(tokenizer('Paris').input_ids)}))\n"
+)
+
+
+@pytest.mark.slow
+def test_installed_as_a_library_the_package_loads_its_shipped_model_from_another_folder(colab_env, tmp_path):
+    """``pip install`` of the package, then ``load_model("tiny")`` from a folder outside the repository,
+    no ``$FORGETTING_DATA`` and an empty cache: the model comes from the wheel's package data (nothing is
+    pretrained into the cache) and the shipped specs load."""
+    from forgetting.models import load_model
+
+    _, venv = colab_env
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k not in ("FORGETTING_DATA", "VIRTUAL_ENV", "PYTHONPATH")}
+    env.update(FORGETTING_CACHE=str(cache), FORGETTING_QUIET="1")
+    proc = _run([str(venv / "bin" / "python"), "-c", LIBRARY], timeout=600, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not report["in_checkout"]
+    assert Path(report["data_dir"]).resolve().is_relative_to(venv.resolve())  # the wheel's forgetting/_data
+    assert Path(report["model_dir"]).resolve().is_relative_to(venv.resolve())
+    assert not (cache / "models").exists()  # nothing pretrained
+    model, _ = load_model("tiny")
+    assert report["n_parameters"] == sum(p.numel() for p in model.parameters())
+    assert report["spec"] == "quick" and report["encodes"] >= 1
+    print(f"installed package: load_model('tiny') in {report['seconds']:.1f} s")

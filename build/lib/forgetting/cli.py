@@ -1,0 +1,257 @@
+"""The ``forgetting`` command line (also ``python -m forgetting``).
+
+    forgetting run SPEC --out DIR     run or resume an experiment spec
+    forgetting show DIR               print the performance matrices and the summary of a run
+    forgetting analyze DIR            measure drift, gradient alignment, curvature and head disruption
+    forgetting pretrain               build the embedded default models (tiny, tiny-moe)
+    forgetting book                   execute the chapters and build the static book
+    forgetting results                run the full profile's seeds into data/results/
+    forgetting tasks                  list tasks and named sequences
+
+Bad input exits with status 2 and one line naming the field and what is allowed; nothing is written. A
+damaged file of a run folder (truncated or altered JSON) exits 2 naming the file; Ctrl-C exits 130 with one
+line saying that the same command resumes; a closed pipe (``show DIR | head``) ends quietly.
+
+Each command imports what it runs inside its function (marked ``# deferred``), so that ``--help`` and the
+light commands start without loading torch, transformers and the book machinery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from forgetting.errors import DamagedFile, ForgettingError, SpecError
+from forgetting.files import folder_lock
+from forgetting.threads import configure_threads
+from forgetting.version import __version__
+
+EXIT_BAD_INPUT = 2
+#: Stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
+#: The commands that train or measure (torch gets :func:`forgetting.threads.configure_threads`).
+COMPUTING = ("run", "analyze", "pretrain", "results")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from forgetting.spec import load_spec  # deferred: see the module docstring
+    from forgetting.train.sequence import check_out_dir, run_experiment  # deferred
+
+    spec = load_spec(args.spec)
+    check_out_dir(spec, Path(args.out))  # refuse a foreign folder before loading anything
+    with folder_lock(Path(args.out)):  # a second writer into the same folder is refused, not mixed in
+        out = run_experiment(spec, args.out, progress=not args.quiet)
+    print(f"run complete: {out}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    import pandas as pd  # deferred: see the module docstring
+
+    from forgetting.evaluate import (  # deferred
+        METRICS,
+        performance_matrix,
+        summary_table,
+    )
+    from forgetting.runs import Run  # deferred
+
+    run = Run.open(args.dir)
+    if not run.layout.evals.is_file():
+        raise SpecError("DIR", f"{args.dir} has no evaluations yet; run `forgetting run SPEC --out {args.dir}`")
+    if args.metric not in METRICS:
+        raise SpecError("--metric", f"{args.metric!r} not allowed; allowed: {', '.join(METRICS)}")
+    manifest, evals, reference = run.manifest, run.evals, run.reference
+    print(f"run {manifest['spec']['name']} (spec {manifest['spec_hash']}, seed {manifest['seed']}, "
+          f"model {manifest['spec']['model']}, commit {str(manifest.get('git_commit'))[:10]})")
+    done, total = max(run.stages), len(run.task_names)
+    if done < total:  # the stages so far: the summary needs a square R, so it covers the tasks trained
+        print(f"unfinished: {done} of {total} stages completed; the summary covers the first {done} task(s)."
+              f" Run `forgetting run SPEC --out {args.dir}` to resume.")
+        evals, reference = evals[(evals["stage"] <= done) & (evals["task_index"] < done)], None
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        print(f"\nR[{args.metric}]: row = after training that task, column = evaluated task")
+        print(performance_matrix(evals, args.metric).to_string())
+        if done >= 1:
+            print("\nsummary (losses negated: higher is better everywhere)")
+            print(summary_table(evals, reference).to_string(index=False))
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from forgetting import paths  # deferred: see the module docstring
+    from forgetting.models.embedded import (  # deferred
+        RECIPES,
+        cached_dir,
+        embedded_dir,
+        pretrain,
+        shipped_dir,
+    )
+
+    names = list(RECIPES) if args.model == "all" else [args.model]
+    for name in names:
+        if not args.force:
+            try:
+                print(f"{name}: up to date in {embedded_dir(name, build=False)}")
+                continue
+            except FileNotFoundError:
+                pass
+        target = shipped_dir(name) if paths.DATA_DIR.is_dir() else cached_dir(name)
+        info = pretrain(RECIPES[name], target, progress=not args.quiet)
+        print(f"{name}: {info['n_parameters']:,} parameters, held-out loss {info['heldout_loss']:.3f}, "
+              f"fact recall {info['fact_recall']:.3f}, {info['pretrain_seconds']} s -> {target}")
+    return 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from forgetting.book import build_book  # deferred: see the module docstring
+
+    html = build_book(profile=args.profile, force=args.force)
+    print(f"book built: {html}/index.html")
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from forgetting.ledger import publish_ledger  # deferred: see the module docstring
+    from forgetting.ledger.rules import uncommitted_rules  # deferred
+    from forgetting.publish import make_results  # deferred
+
+    refused = uncommitted_rules()
+    if refused:  # before any work: a ledger is only published under rules committed before its results
+        raise SpecError("ledger rules", f"{refused}; `forgetting results` publishes a ledger only under "
+                        "committed rules")
+    for folder in make_results(args.profile, progress=not args.quiet):
+        print(f"published {folder}")
+    print(f"published the ledger {publish_ledger(args.profile, progress=not args.quiet)}")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from forgetting.analysis import (  # deferred: see the module docstring
+        analyze_run,
+        load_analysis,
+    )
+    from forgetting.runs import Run  # deferred
+
+    run = Run.open(args.dir)  # not a run folder: a clear error before any work
+    problems = []
+    if args.examples < 1:
+        problems.append(f"--examples: {args.examples} not allowed; allowed: >= 1")
+    completed = max(run.stages)
+    bad_stages = [s for s in args.stages or () if not 2 <= s <= completed]
+    if bad_stages:  # in the words analyze_run uses for the same check
+        problems.append(f"--stages: {bad_stages} not analysable; allowed: 2..{completed} (stages with an earlier task)")
+    if problems:
+        field, _, first = problems[0].partition(": ")  # "--examples: 0 not allowed; --stages: ..."
+        raise SpecError(field, "; ".join([first, *problems[1:]]))
+    with folder_lock(Path(args.dir), option="DIR"):  # not while a run or another analysis writes there
+        out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, nulls=args.nulls,
+                          progress=not args.quiet)
+    drift = load_analysis(args.dir)["drift"]
+    if {"readout", "debiased"} <= set(drift.columns):  # the ledger's readout: last prompt token, debiased CKA
+        drift = drift[(drift["readout"] == "last") & drift["debiased"].astype(bool)]
+    print(f"analysis written to {out}")
+    for null, rows in drift.groupby("null"):
+        what = "before vs after" if not null else f"before vs the {null} null"
+        cka = rows.groupby("layer")["cka"].mean()
+        print(f"mean debiased CKA (last prompt token) {what}, by layer: " + ", ".join(f"{layer}: {v:.3f}" for layer, v in cka.items()))
+    return 0
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from forgetting.tasks import (  # deferred: see the module docstring
+        SEQUENCES,
+        make_task,
+        task_names,
+    )
+
+    print("tasks:")
+    for name in task_names():
+        task = make_task(name)
+        print(f"  {name:14s} {task.family:7s} {task.description}  e.g. {task.train[0].prompt!r} -> {task.train[0].target!r}")
+    print("sequences:")
+    for name, tasks in SEQUENCES.items():
+        print(f"  {name:10s} {' -> '.join(tasks)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from forgetting.models.embedded import RECIPES  # deferred: see the module docstring
+    from forgetting.profiles import PROFILES  # deferred
+
+    parser = argparse.ArgumentParser(prog="forgetting", description="Measure how and why language models forget.")
+    parser.add_argument("--version", action="version", version=f"forgetting {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run or resume an experiment spec", description=
+                         "Run an experiment spec (YAML) into DIR; re-running after an interruption resumes.")
+    run.add_argument("spec", metavar="SPEC", help="path of a YAML spec, e.g. data/specs/quick.yaml")
+    run.add_argument("--out", required=True, metavar="DIR", help="run folder (created; resumed if it holds this spec)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    show = sub.add_parser("show", help="print R and the summary of a run", description="Print a run's R matrix and summary.")
+    show.add_argument("dir", metavar="DIR", help="a run folder written by `forgetting run`")
+    show.add_argument("--metric", default="exact_match", help="loss, token_accuracy, exact_match or answer_match")
+    show.set_defaults(func=_cmd_show)
+
+    pre = sub.add_parser("pretrain", help="build the embedded default models", description=
+                         "Pretrain the embedded models deterministically (skipped when the shipped build is current).")
+    pre.add_argument("--model", default="all", choices=[*RECIPES, "all"], help="which model (default: all)")
+    pre.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    pre.set_defaults(func=_cmd_pretrain)
+
+    book = sub.add_parser("book", help="execute the chapters and build the static book", description=
+                          "Execute every chapter with papermill and build _build/html with Jupyter Book.")
+    book.add_argument("--profile", default="quick", choices=list(PROFILES), help="chapter profile")
+    book.add_argument("--force", action="store_true", help="re-execute every chapter")
+    book.set_defaults(func=_cmd_book)
+
+    analyze = sub.add_parser("analyze", help="measure the mechanisms on a finished run", description=
+                             "Drift, gradient alignment, curvature and head disruption of a run, stored in DIR/analysis/.")
+    analyze.add_argument("dir", metavar="DIR", help="a run folder written by `forgetting run`")
+    analyze.add_argument("--stages", type=int, nargs="+", default=None, metavar="I",
+                         help="stages to analyse (default: every stage from 2 on)")
+    analyze.add_argument("--examples", type=int, default=60, help="eval examples per old task (default 60)")
+    analyze.add_argument("--nulls", action="store_true",
+                         help="also measure drift against continue/reseed null snapshots (trains them; cached)")
+    analyze.add_argument("--quiet", action="store_true", help="no progress bar")
+    analyze.set_defaults(func=_cmd_analyze)
+
+    results = sub.add_parser("results", help="run a profile for all its seeds into data/results", description=
+                             "Run every seed of a profile and store the runs with provenance in data/results/.")
+    results.add_argument("--profile", default="full", choices=["quick", "full"], help="profile (default: full)")
+    results.add_argument("--quiet", action="store_true", help="no progress bar")
+    results.set_defaults(func=_cmd_results)
+
+    tasks = sub.add_parser("tasks", help="list tasks and named sequences", description="List tasks and sequences.")
+    tasks.set_defaults(func=_cmd_tasks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in COMPUTING:
+        configure_threads()
+    try:
+        return args.func(args)
+    except (SpecError, DamagedFile) as exc:
+        print(f"forgetting {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ForgettingError as exc:
+        print(f"forgetting {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nforgetting {args.command}: stopped (Ctrl-C). What was finished is kept: run the same command "
+              "again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `forgetting show DIR | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

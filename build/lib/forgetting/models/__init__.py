@@ -1,0 +1,65 @@
+"""Models: the embedded default (``"tiny"``, ``"tiny-moe"``), any Hugging Face causal LM, attention
+geometry per architecture, and LoRA through peft."""
+
+from __future__ import annotations
+
+from typing import Any
+
+EMBEDDED_MODELS = ("tiny", "tiny-moe")
+
+
+def load_model(
+    name_or_path: str = "tiny",
+    *,
+    trust_remote_code: bool = False,
+    dtype: Any = None,
+    device: str | None = None,
+):
+    """Load ``(model, tokenizer)`` for analysis.
+
+    ``name_or_path`` is ``"tiny"`` / ``"tiny-moe"`` (built and cached by the package, see
+    :mod:`forgetting.models.embedded`) or any Hugging Face model id or local folder
+    (:func:`forgetting.models.hub.load_pretrained`). Attention is always ``eager`` so attention
+    weights and double backward are available; remote code runs only with ``trust_remote_code=True``.
+    """
+    if name_or_path in EMBEDDED_MODELS:
+        from forgetting.models.embedded import load_embedded  # deferred: EMBEDDED_MODELS is read without torch
+
+        model, tokenizer = load_embedded(name_or_path)
+        if dtype is not None:
+            model = model.to(dtype=dtype)
+        if device is not None:
+            model = model.to(device)
+        return model, tokenizer
+    from forgetting.models.hub import load_pretrained  # deferred: as above (transformers loads on use)
+
+    return load_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+
+
+def parameter_count(name_or_path: str = "tiny", *, trust_remote_code: bool = False) -> int:
+    """The number of parameters of model ``name_or_path``, without loading its weights.
+
+    An embedded model's count is read from its ``recipe.json``; any other model is built from its
+    config on the ``meta`` device (shapes only, no memory) and its tensors counted, as
+    ``sum(p.numel() for p in model.parameters())`` would count the loaded model.
+    """
+    if name_or_path in EMBEDDED_MODELS:
+        from forgetting.models.embedded import embedded_info  # deferred: as in load_model
+
+        return int(embedded_info(name_or_path)["n_parameters"])
+    from forgetting.models.hub import count_parameters  # deferred: as in load_model
+
+    return count_parameters(name_or_path, trust_remote_code=trust_remote_code)
+
+
+def output_vocabulary(name_or_path: str = "tiny", *, trust_remote_code: bool = False) -> int:
+    """The number of logits the model outputs per position (``config.vocab_size``), read from its
+    config without loading weights: a uniform output has loss ``ln(output_vocabulary)`` nats per token."""
+    from forgetting.models.hub import read_config  # deferred: as in load_model
+
+    if name_or_path in EMBEDDED_MODELS:
+        from forgetting.models.embedded import embedded_dir  # deferred: as in load_model
+
+        name_or_path = str(embedded_dir(name_or_path))
+    config = read_config(name_or_path, trust_remote_code=trust_remote_code)
+    return int(config.get_text_config().vocab_size)

@@ -1,0 +1,227 @@
+"""Experiment specs: a YAML file that says what to run, validated before any work starts, and hashed.
+
+Example (``data/specs/quick.yaml``)::
+
+    name: quick
+    model: tiny
+    seed: 0
+    sequence: default                  # a named sequence, or a list of task names
+    data: {n_train: null, n_eval: 60}
+    finetune: {method: full}           # or {method: lora, lora: {r: 8, alpha: 16}}
+    optimizer: {lr: 1.0e-3, warmup_steps: 10, schedule: linear}
+    batch_size: 16
+    steps_per_task: 120
+    eval: {every: 20}
+
+Every problem is reported as ``<field>: <what is wrong>; allowed: <what is allowed>``
+(:class:`forgetting.errors.SpecError`), and a spec that fails validation never starts a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from forgetting import mitigations
+from forgetting.errors import SpecError
+from forgetting.models import EMBEDDED_MODELS
+from forgetting.models.finetune import method_names
+from forgetting.tasks.families import task_names
+from forgetting.tasks.sequences import SEQUENCES
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """The seed of stage ``stage`` of a run with seed ``seed``: its batch order and RNG draw from it,
+    so a resumed stage repeats exactly. Stage 0 seeds the fine-tuning method (LoRA's initialisation)."""
+    return seed * 1_000_003 + stage
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    n_train: int | None = Field(default=None, ge=1, le=100_000, description="cap on train examples per task")
+    n_eval: int | None = Field(default=60, ge=1, le=10_000, description="cap on eval examples per task")
+    task_seed: int = Field(default=0, ge=0, description="seed for sampling task examples")
+
+
+class LoraSpec(_Strict):
+    r: int = Field(default=8, ge=1, le=1024)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(default=None, description="None: the architecture's default")
+
+
+class MitigationSpec(_Strict):
+    """A registered mitigation (:func:`forgetting.mitigations.names`) and its main knob (0 = off)."""
+
+    name: str
+    strength: float = Field(default=1.0, ge=0, le=1e6, description="the method's main knob; 0 turns it off")
+    options: dict[str, Any] = Field(default_factory=dict, description="further options of the method")
+
+    @field_validator("name")
+    @classmethod
+    def _known_mitigation(cls, value: str) -> str:
+        if value not in mitigations.names():
+            raise ValueError(f"unknown mitigation {value!r}; allowed: {', '.join(mitigations.names()) or 'none'}")
+        return value
+
+
+class FinetuneSpec(_Strict):
+    method: str = Field(default="full", description="a registered method: forgetting.models.finetune.method_names()")
+    lora: LoraSpec = LoraSpec()
+    mitigation: MitigationSpec | None = None
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in method_names():
+            raise ValueError(f"unknown method {value!r}; allowed: {', '.join(method_names())}")
+        return value
+
+
+class OptimizerSpec(_Strict):
+    lr: float = Field(default=1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(default=0.0, ge=0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(default=10, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+
+
+class EvalSpec(_Strict):
+    every: int = Field(default=100, ge=0, description="evaluate all tasks every k steps (0: end of task only)")
+    batch_size: int = Field(default=256, ge=1, le=4096)
+    heldout_corpus: bool = Field(default=True, description="also track the pretraining held-out loss")
+    heldout_documents: int = Field(default=64, ge=1, le=10_000, description="held-out corpus sample size")
+
+
+class SnapshotSpec(_Strict):
+    every: int = Field(default=0, ge=0, description="also snapshot every k steps (0: end of each task only)")
+
+
+class ReferenceSpec(_Strict):
+    """A joint multi-task run on all tasks of the sequence: the a*_k of intransigence."""
+
+    enabled: bool = False
+    steps: int | None = Field(default=None, ge=1, description="None: steps_per_task x number of tasks")
+
+
+class ExperimentSpec(_Strict):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = "tiny"
+    trust_remote_code: bool = False
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    sequence: str | list[str] = "default"
+    data: DataSpec = DataSpec()
+    finetune: FinetuneSpec = FinetuneSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    grad_accum: int = Field(default=1, ge=1, le=1024)
+    steps_per_task: int | None = Field(default=None, ge=1, le=1_000_000)
+    epochs_per_task: float | None = Field(default=None, gt=0, le=1000)
+    eval: EvalSpec = EvalSpec()
+    snapshots: SnapshotSpec = SnapshotSpec()
+    reference: ReferenceSpec = ReferenceSpec()
+
+    @field_validator("sequence")
+    @classmethod
+    def _known_sequence(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            if value not in SEQUENCES:
+                raise ValueError(f"unknown sequence {value!r}; allowed: {', '.join(SEQUENCES)} or a list of tasks")
+            return value
+        if not value:
+            raise ValueError("empty list; give at least one task")
+        unknown = [t for t in value if t not in task_names()]
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(task_names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "ExperimentSpec":
+        if (self.steps_per_task is None) == (self.epochs_per_task is None):
+            raise ValueError("give exactly one of steps_per_task or epochs_per_task")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+        return self
+
+    def task_list(self) -> list[str]:
+        """The task names of the sequence, in order."""
+        return list(SEQUENCES[self.sequence]) if isinstance(self.sequence, str) else list(self.sequence)
+
+    def hash(self) -> str:
+        """Stable short hash (12 hex digits) of the fully defaulted spec: same spec, same hash."""
+        data = self.model_dump(mode="json")
+        if data["finetune"]["mitigation"] is None:  # added later: specs without one keep their hash
+            del data["finetune"]["mitigation"]
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _allowed(model: type[BaseModel], loc: tuple) -> str:
+    """The field names allowed at ``loc`` (for 'unknown key' errors)."""
+    current: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        field = current.model_fields.get(str(part)) if current else None
+        annotation = field.annotation if field else None
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return ", ".join(current.model_fields) if current else ""
+
+
+def _spec_error(exc: ValidationError) -> SpecError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    field = ".".join(str(p) for p in loc) or "spec"
+    if err["type"] == "extra_forbidden":
+        return SpecError(field, f"unknown key; allowed here: {_allowed(ExperimentSpec, loc)}")
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "literal_error":
+        message = message.replace("Input should be", "allowed:")
+    more = len(exc.errors()) - 1
+    return SpecError(field, message + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""))
+
+
+def parse_spec(data: object, source: str = "spec") -> ExperimentSpec:
+    """Validate a mapping into an :class:`ExperimentSpec`; raises :class:`~forgetting.errors.SpecError`."""
+    if not isinstance(data, dict):
+        raise SpecError(source, f"must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _spec_error(exc) from None
+    _check_model(spec)
+    return spec
+
+
+def _check_model(spec: ExperimentSpec) -> None:
+    """The model must be embedded or an existing local folder or look like a hub id ("org/name")."""
+    name = spec.model
+    if name in EMBEDDED_MODELS or Path(name).is_dir():
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise SpecError(
+            "model",
+            f"{name!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), an existing local "
+            "folder, nor a Hugging Face id of the form 'org/name'",
+        )
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate a YAML spec (``yaml.safe_load``); every problem raises :class:`~forgetting.errors.SpecError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError("SPEC", f"no such file: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError("SPEC", f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_spec(data, source=str(path))
