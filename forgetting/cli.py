@@ -9,7 +9,8 @@
     forgetting tasks                  list tasks and named sequences
 
 Bad input exits with status 2 and one line naming the field and what is allowed; nothing is written. A
-damaged file of a run folder (truncated or altered JSON) exits 2 naming the file; Ctrl-C exits 130 with one
+damaged file of a run folder (truncated or altered JSON) exits 2 naming the file; a spec with
+``trust_remote_code: true`` runs only with ``--trust-remote-code`` on the command line as well; Ctrl-C exits 130 with one
 line saying that the same command resumes; a closed pipe (``show DIR | head``) ends quietly.
 
 Each command imports what it runs inside its function (marked ``# deferred``), so that ``--help`` and the
@@ -31,8 +32,17 @@ from forgetting.version import __version__
 EXIT_BAD_INPUT = 2
 #: Stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
 EXIT_INTERRUPTED = 130
+REMOTE_CODE_HELP = "allow a spec with trust_remote_code: true to run its model folder's own code"
 #: The commands that train or measure (torch gets :func:`forgetting.threads.configure_threads`).
 COMPUTING = ("run", "analyze", "pretrain", "results")
+
+
+def _check_remote_code(spec, args: argparse.Namespace, source: str) -> None:
+    """A spec that asks to run a model folder's own code (``trust_remote_code: true``) runs only when the
+    command line says so too: a shared YAML file alone must not execute someone else's code."""
+    if spec.trust_remote_code and not args.trust_remote_code:
+        raise SpecError("trust_remote_code", f"{source} asks to run the code of model {spec.model!r}; pass "
+                        "--trust-remote-code as well if you trust that code")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -40,6 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from forgetting.train.sequence import check_out_dir, run_experiment  # deferred
 
     spec = load_spec(args.spec)
+    _check_remote_code(spec, args, args.spec)
     check_out_dir(spec, Path(args.out))  # refuse a foreign folder before loading anything
     with folder_lock(Path(args.out)):  # a second writer into the same folder is refused, not mixed in
         out = run_experiment(spec, args.out, progress=not args.quiet)
@@ -135,6 +146,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from forgetting.runs import Run  # deferred
 
     run = Run.open(args.dir)  # not a run folder: a clear error before any work
+    _check_remote_code(run.spec, args, f"the spec of {args.dir}")
     problems = []
     if args.examples < 1:
         problems.append(f"--examples: {args.examples} not allowed; allowed: >= 1")
@@ -189,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", metavar="SPEC", help="path of a YAML spec, e.g. data/specs/quick.yaml")
     run.add_argument("--out", required=True, metavar="DIR", help="run folder (created; resumed if it holds this spec)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--trust-remote-code", action="store_true", help=REMOTE_CODE_HELP)
     run.set_defaults(func=_cmd_run)
 
     show = sub.add_parser("show", help="print R and the summary of a run", description="Print a run's R matrix and summary.")
@@ -218,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--nulls", action="store_true",
                          help="also measure drift against continue/reseed null snapshots (trains them; cached)")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
+    analyze.add_argument("--trust-remote-code", action="store_true", help=REMOTE_CODE_HELP)
     analyze.set_defaults(func=_cmd_analyze)
 
     results = sub.add_parser("results", help="run a profile for all its seeds into data/results", description=

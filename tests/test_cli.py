@@ -190,3 +190,14 @@ def test_ranks_above_zero_of_one_launch_do_not_take_the_lock(tmp_path, monkeypat
         with pytest.raises(SpecError, match="being written by another forgetting process"):
             with folder_lock(out):
                 pass
+
+
+def test_a_spec_runs_remote_code_only_with_the_command_line_flag_too(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**small_spec(seed=1), "trust_remote_code": True}))
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+    assert not out.exists()  # refused before anything is written
+    err = capsys.readouterr().err
+    assert f"trust_remote_code: {spec} asks to run the code of model 'tiny'; pass --trust-remote-code" in err
+    assert main(["run", str(spec), "--out", str(out), "--quiet", "--trust-remote-code"]) == 0
