@@ -9,7 +9,10 @@
     forgetting tasks                  list tasks and named sequences
 
 Bad input exits with status 2 and one line naming the field and what is allowed; nothing is written. A
-damaged file of a run folder (truncated or altered JSON) exits 2 naming the file; a spec with
+damaged file of a run folder exits 2 naming the file: a truncated or altered JSON file, or any file
+that differs from the run's ``checksums.json`` (written when ``run`` ends or stops and when ``analyze`` ends,
+checked before ``run`` resumes, ``show`` and ``analyze`` read; a report's tables are checked against its
+manifest's ``outputs_sha256``; :mod:`forgetting.runs.checksums`); a spec with
 ``trust_remote_code: true`` runs only with ``--trust-remote-code`` on the command line as well; Ctrl-C exits 130 with one
 line saying that the same command resumes; a closed pipe (``show DIR | head``) ends quietly.
 
@@ -47,13 +50,20 @@ def _check_remote_code(spec, args: argparse.Namespace, source: str) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from forgetting.spec import load_spec  # deferred: see the module docstring
+    from forgetting.runs.checksums import check_files, record_files  # deferred
     from forgetting.train.sequence import check_out_dir, run_experiment  # deferred
 
     spec = load_spec(args.spec)
     _check_remote_code(spec, args, args.spec)
+    check_files(args.out)  # a resumed run reads its manifest, snapshots and tables: never damaged ones
     check_out_dir(spec, Path(args.out))  # refuse a foreign folder before loading anything
     with folder_lock(Path(args.out)):  # a second writer into the same folder is refused, not mixed in
-        out = run_experiment(spec, args.out, progress=not args.quiet)
+        try:
+            out = run_experiment(spec, args.out, progress=not args.quiet)
+        except KeyboardInterrupt:
+            record_files(args.out)  # what was finished (complete files only), checked when the run resumes
+            raise
+        record_files(out)
     print(f"run complete: {out}")
     return 0
 
@@ -67,7 +77,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         summary_table,
     )
     from forgetting.runs import Run  # deferred
+    from forgetting.runs.checksums import check_files  # deferred
 
+    check_files(args.dir)  # first: a damaged manifest.json is named as damaged, not as "not a run folder"
     run = Run.open(args.dir)
     if not run.layout.evals.is_file():
         raise SpecError("DIR", f"{args.dir} has no evaluations yet; run `forgetting run SPEC --out {args.dir}`")
@@ -144,7 +156,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         load_analysis,
     )
     from forgetting.runs import Run  # deferred
+    from forgetting.runs.checksums import check_files, extend_record, record_outputs  # deferred
 
+    check_files(args.dir)  # never measured on damaged or altered weights (checked before anything is read)
     run = Run.open(args.dir)  # not a run folder: a clear error before any work
     _check_remote_code(run.spec, args, f"the spec of {args.dir}")
     problems = []
@@ -160,6 +174,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     with folder_lock(Path(args.dir), option="DIR"):  # not while a run or another analysis writes there
         out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, nulls=args.nulls,
                           progress=not args.quiet)
+        extend_record(args.dir)  # the null snapshots the report made join the run's record
+        record_outputs(run.layout.analysis_manifest, sorted(run.layout.analysis.glob("*.parquet")))
     drift = load_analysis(args.dir)["drift"]
     if {"readout", "debiased"} <= set(drift.columns):  # the ledger's readout: last prompt token, debiased CKA
         drift = drift[(drift["readout"] == "last") & drift["debiased"].astype(bool)]

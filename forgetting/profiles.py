@@ -22,7 +22,9 @@ from forgetting import paths
 from forgetting.errors import SpecError
 from forgetting.runs import Run
 from forgetting.runs.integrity import WeightsMismatch, check_pairing
-from forgetting.runs.cache import published_dir, result_dir
+from forgetting.runs.cache import has_weights, published_dir, result_dir
+from forgetting.runs.checksums import check_files, read_record, record_files
+from forgetting.runs.layout import RunLayout
 from forgetting.spec import ExperimentSpec, load_spec, parse_spec
 from forgetting.train import run_experiment, with_weights
 
@@ -76,10 +78,19 @@ def experiment_spec(profile: str = "quick", *, model: str | None = None, seed: i
 def run_cached(spec: ExperimentSpec, *, progress: bool = True, publish: bool = False) -> Path:
     """Run ``spec`` unless a complete run with the same hash exists (resuming a partial one).
 
-    ``publish=True`` writes into ``data/results/`` (what ``make results`` does).
+    ``publish=True`` writes into ``data/results/`` (what ``make results`` does). A run folder with
+    weights is checked against its ``checksums.json`` before it is resumed and recorded again when it
+    progressed (:mod:`forgetting.runs.checksums`).
     """
     out = published_dir(spec) if publish else result_dir(spec)
-    return run_experiment(spec, out, progress=progress)
+    state = RunLayout(out).state
+    before = state.read_bytes() if state.is_file() else None
+    if before is not None and not publish:
+        check_files(out)
+    run_experiment(spec, out, progress=progress)
+    if not publish and has_weights(out) and (state.read_bytes() != before or read_record(out) is None):
+        record_files(out)
+    return out
 
 
 def run_profile(profile: str = "quick", *, model: str | None = None, seed: int = 0, progress: bool = True) -> list[Run]:

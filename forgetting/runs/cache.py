@@ -16,6 +16,11 @@
   re-training on another machine or thread count need not give the same weights). A product computed
   here also gets, in its manifest, ``weights_sha256``: the checksums of the snapshots (and null
   snapshots) of the folder it was computed in (:func:`forgetting.runs.integrity.weights_digest`).
+- A product is never computed from a damaged file, nor read back from one: the folder it is computed in
+  is checked against its ``checksums.json`` first (:func:`forgetting.runs.checksums.check_files`; null
+  snapshots the computation made join the record), and a computed product's manifest gets
+  ``outputs_sha256``, the checksums of its tables, checked whenever it is read back
+  (:func:`forgetting.runs.checksums.check_outputs`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 from forgetting import paths
 from forgetting.files import atomic_write_json, read_json
+from forgetting.runs.checksums import check_files, check_outputs, extend_record, record_outputs
 from forgetting.runs.fingerprint import code_fingerprint
 from forgetting.runs.integrity import check_pairing, weights_digest
 from forgetting.runs.layout import RunLayout
@@ -104,12 +110,17 @@ def stored_or_compute(
             if {k: stored.get(k) for k in key} == key:
                 if folder != run_dir and has_weights(folder):
                     check_pairing(run_dir, folder)
+                check_outputs(file)
                 return read(folder)
     if stored_only:
         raise LookupError(f"{run_dir}: no stored {what} made by the current code with these arguments")
     source = check_pairing(run_dir, weights(run_dir))
+    check_files(source)  # never computed from a damaged or altered file
     compute(source)
-    record_weights_read(manifest(RunLayout(source)), source)
+    layout = RunLayout(source)
+    record_weights_read(manifest(layout), source)
+    record_outputs(manifest(layout), outputs(layout))
+    extend_record(source)
     return read(source)
 
 

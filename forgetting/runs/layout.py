@@ -14,6 +14,7 @@ A run folder ``DIR`` (written by ``forgetting run SPEC --out DIR``)::
     DIR/similarity_alignment_n<n>.parquet   a sweep pair's gradient alignment at theta_A (n examples)
     DIR/causal.parquet         the restoration studies (forgetting.causal), + causal.json (arguments, code fingerprint)
     DIR/weights.json           sha256 of each snapshot's weights + the machine (a published copy; forgetting.runs.integrity)
+    DIR/checksums.json         size and sha256 of every file, checked before the folder is read (forgetting.runs.checksums)
 
 Snapshot labels are ``stage{i:02d}-{task}`` at the end of stage ``i`` (``stage00-base`` before any
 training) and ``stage{i:02d}-{task}-step{s:06d}`` inside a stage (``s`` = global optimizer step).
