@@ -14,7 +14,8 @@ that differs from the run's ``checksums.json`` (written when ``run`` ends or sto
 checked before ``run`` resumes, ``show`` and ``analyze`` read; a report's tables are checked against its
 manifest's ``outputs_sha256``; :mod:`forgetting.runs.checksums`); a spec with
 ``trust_remote_code: true`` runs only with ``--trust-remote-code`` on the command line as well; Ctrl-C exits 130 with one
-line saying that the same command resumes; a closed pipe (``show DIR | head``) ends quietly.
+line saying where it stopped and that the same command resumes, and SIGTERM (a scheduler, ``kill``) stops the same
+way with exit 143; a closed pipe (``show DIR | head``) ends quietly.
 
 Each command imports what it runs inside its function (marked ``# deferred``), so that ``--help`` and the
 light commands start without loading torch, transformers and the book machinery.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -34,7 +36,8 @@ from forgetting.version import __version__
 
 EXIT_BAD_INPUT = 2
 #: Stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 REMOTE_CODE_HELP = "allow a spec with trust_remote_code: true to run its model folder's own code"
 #: The commands that train or measure (torch gets :func:`forgetting.threads.configure_threads`).
 COMPUTING = ("run", "analyze", "pretrain", "results")
@@ -261,10 +264,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python next runs: it unwinds through the same cleanup as Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
+def _where_stopped(args: argparse.Namespace) -> str:
+    """' during stage 3 of 4 (2 complete and kept)' for a run folder with a readable state, else ''."""
+    from forgetting.files import read_json  # deferred: only after an interrupt
+
+    folder = getattr(args, "out", None) if args.command == "run" else None
+    try:
+        done = read_json(Path(folder) / "state.json")["completed_stages"] if folder else None
+        tasks = read_json(Path(folder) / "manifest.json")["tasks"] if folder else None
+    except (OSError, ValueError, KeyError, TypeError):  # no state yet, or not readable: say less
+        return ""
+    if done is None or not isinstance(tasks, list) or done >= len(tasks):
+        return ""
+    return f" during stage {done + 1} of {len(tasks)} ({done} complete and kept)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in COMPUTING:
         configure_threads()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)  # main thread only, as in every CLI
     try:
         return args.func(args)
     except (SpecError, DamagedFile) as exc:
@@ -273,14 +300,17 @@ def main(argv: list[str] | None = None) -> int:
     except ForgettingError as exc:
         print(f"forgetting {args.command}: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"\nforgetting {args.command}: stopped (Ctrl-C). What was finished is kept: run the same command "
-              "again to resume.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        how = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"
+        print(f"\nforgetting {args.command}: stopped ({how}){_where_stopped(args)}. What was finished is kept: "
+              "run the same command again to resume.", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     except BrokenPipeError:  # `forgetting show DIR | head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() called from Python leaves the caller's handler
 
 
 if __name__ == "__main__":  # pragma: no cover
