@@ -6,6 +6,7 @@
     forgetting pretrain               build the embedded default models (tiny, tiny-moe)
     forgetting book                   execute the chapters and build the static book
     forgetting results                run the full profile's seeds into data/results/
+    forgetting export DIR SNAPSHOT --out CKPT   a snapshot as a Hugging Face checkpoint (from_pretrained)
     forgetting tasks                  list tasks and named sequences
 
 Bad input exits with status 2 and one line naming the field and what is allowed; nothing is written. A
@@ -40,7 +41,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 REMOTE_CODE_HELP = "allow a spec with trust_remote_code: true to run its model folder's own code"
 #: The commands that train or measure (torch gets :func:`forgetting.threads.configure_threads`).
-COMPUTING = ("run", "analyze", "pretrain", "results")
+COMPUTING = ("run", "analyze", "pretrain", "results", "export")
 
 
 def _check_remote_code(spec, args: argparse.Namespace, source: str) -> None:
@@ -190,6 +191,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from forgetting.runs.export import export_snapshot  # deferred: see the module docstring
+
+    snapshot = int(args.snapshot) if args.snapshot.isdigit() else args.snapshot
+    out = export_snapshot(args.dir, snapshot, args.out, merge=args.merge)
+    print(f"checkpoint written: {out}")
+    return 0
+
+
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from forgetting.tasks import (  # deferred: see the module docstring
         SEQUENCES,
@@ -253,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--trust-remote-code", action="store_true", help=REMOTE_CODE_HELP)
     analyze.set_defaults(func=_cmd_analyze)
 
+    export = sub.add_parser("export", help="write a snapshot as a Hugging Face checkpoint", description=(
+        "Write a run's snapshot as a checkpoint that transformers (full fine-tuning) or peft (LoRA: the "
+        "adapter, its base model in OUT/base) open with from_pretrained."))
+    export.add_argument("dir", metavar="DIR", help="a run folder with its snapshots")
+    export.add_argument("snapshot", metavar="SNAPSHOT", help="a stage number (0 = the base model) or a snapshot label")
+    export.add_argument("--out", required=True, help="a new or empty folder for the checkpoint")
+    export.add_argument("--merge", action="store_true", help="LoRA: one full model with the adapter merged into it")
+    export.set_defaults(func=_cmd_export)
+
     results = sub.add_parser("results", help="run a profile for all its seeds into data/results", description=
                              "Run every seed of a profile and store the runs with provenance in data/results/.")
     results.add_argument("--profile", default="full", choices=["quick", "full"], help="profile (default: full)")
@@ -275,11 +294,13 @@ def _raise_terminated(signum, frame) -> None:
 def _where_stopped(args: argparse.Namespace) -> str:
     """' during stage 3 of 4 (2 complete and kept)' for a run folder with a readable state, else ''."""
     from forgetting.files import read_json  # deferred: only after an interrupt
+    from forgetting.runs.layout import RunLayout  # deferred: as above
 
     folder = getattr(args, "out", None) if args.command == "run" else None
     try:
-        done = read_json(Path(folder) / "state.json")["completed_stages"] if folder else None
-        tasks = read_json(Path(folder) / "manifest.json")["tasks"] if folder else None
+        layout = RunLayout(Path(folder)) if folder else None
+        done = read_json(layout.state)["completed_stages"] if layout else None
+        tasks = read_json(layout.manifest)["tasks"] if layout else None
     except (OSError, ValueError, KeyError, TypeError):  # no state yet, or not readable: say less
         return ""
     if done is None or not isinstance(tasks, list) or done >= len(tasks):
