@@ -9,7 +9,8 @@
     forgetting export DIR SNAPSHOT --out CKPT   a snapshot as a Hugging Face checkpoint (from_pretrained)
     forgetting tasks                  list tasks and named sequences
 
-Bad input exits with status 2 and one line naming the field and what is allowed; nothing is written. A
+Bad input exits with status 2 and one line naming the field and what is allowed (every problem of a spec
+file at once, :mod:`forgetting.specfile`); nothing is written. A
 damaged file of a run folder exits 2 naming the file: a truncated or altered JSON file, or any file
 that differs from the run's ``checksums.json`` (written when ``run`` ends or stops and when ``analyze`` ends,
 checked before ``run`` resumes, ``show`` and ``analyze`` read; a report's tables are checked against its
@@ -53,11 +54,11 @@ def _check_remote_code(spec, args: argparse.Namespace, source: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from forgetting.spec import load_spec  # deferred: see the module docstring
+    from forgetting.specfile import load_spec_file  # deferred: see the module docstring
     from forgetting.runs.checksums import check_files, record_files  # deferred
     from forgetting.train.sequence import check_out_dir, run_experiment  # deferred
 
-    spec = load_spec(args.spec)
+    spec = load_spec_file(args.spec)  # bounded, and every problem of the spec named at once
     _check_remote_code(spec, args, args.spec)
     check_files(args.out)  # a resumed run reads its manifest, snapshots and tables: never damaged ones
     check_out_dir(spec, Path(args.out))  # refuse a foreign folder before loading anything
