@@ -9,15 +9,17 @@
     forgetting export DIR SNAPSHOT --out CKPT   a snapshot as a Hugging Face checkpoint (from_pretrained)
     forgetting tasks                  list tasks and named sequences
 
-Bad input exits with status 2 and one line naming the field and what is allowed (every problem of a spec
-file at once, :mod:`forgetting.specfile`); nothing is written. A
-damaged file of a run folder exits 2 naming the file: a truncated or altered JSON file, or any file
-that differs from the run's ``checksums.json`` (written when ``run`` ends or stops and when ``analyze`` ends,
-checked before ``run`` resumes, ``show`` and ``analyze`` read; a report's tables are checked against its
-manifest's ``outputs_sha256``; :mod:`forgetting.runs.checksums`); a spec with
-``trust_remote_code: true`` runs only with ``--trust-remote-code`` on the command line as well; Ctrl-C exits 130 with one
-line saying where it stopped and that the same command resumes, and SIGTERM (a scheduler, ``kill``) stops the same
-way with exit 143; a closed pipe (``show DIR | head``) ends quietly.
+Bad input exits with status 2 and one line naming the field and what is allowed (every problem of a
+spec file at once, :mod:`forgetting.specfile`); nothing is written. A damaged file of a run folder
+exits 2 naming the file: a truncated or altered JSON file, or any file that differs from the run's
+``checksums.json`` (written when ``run`` ends or stops and when ``analyze`` ends, checked before ``run``
+resumes and before ``show``, ``analyze`` and ``export`` read; a report's tables are checked against its
+manifest's ``outputs_sha256``; :mod:`forgetting.runs.checksums`). A run whose training diverged
+(:mod:`forgetting.runs.health`) ends ``run`` with exit 1 and says so, ``show`` prints a warning before
+its numbers, and ``analyze`` refuses it (exit 1). A spec with ``trust_remote_code: true`` runs only
+with ``--trust-remote-code`` on the command line as well. Ctrl-C exits 130 with one line saying where
+it stopped and that the same command resumes; SIGTERM (a scheduler, ``kill``) stops the same way with
+exit 143. A closed pipe (``show DIR | head``) ends quietly.
 
 Each command imports what it runs inside its function (marked ``# deferred``), so that ``--help`` and the
 light commands start without loading torch, transformers and the book machinery.
@@ -55,7 +57,9 @@ def _check_remote_code(spec, args: argparse.Namespace, source: str) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from forgetting.specfile import load_spec_file  # deferred: see the module docstring
+    from forgetting.runs import Run  # deferred
     from forgetting.runs.checksums import check_files, record_files  # deferred
+    from forgetting.runs.health import check_health, hint  # deferred
     from forgetting.train.sequence import check_out_dir, run_experiment  # deferred
 
     spec = load_spec_file(args.spec)  # bounded, and every problem of the spec named at once
@@ -69,6 +73,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             record_files(args.out)  # what was finished (complete files only), checked when the run resumes
             raise
         record_files(out)
+    problems = check_health(Run.open(out))
+    if problems:
+        print(f"forgetting run: the run is complete, but its training diverged: {'; '.join(problems)}. Its numbers "
+              f"measure a broken model: {hint(spec)}; then run into a new folder.", file=sys.stderr)
+        return 1
     print(f"run complete: {out}")
     return 0
 
@@ -83,6 +92,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     )
     from forgetting.runs import Run  # deferred
     from forgetting.runs.checksums import check_files  # deferred
+    from forgetting.runs.health import check_health  # deferred
 
     check_files(args.dir)  # first: a damaged manifest.json is named as damaged, not as "not a run folder"
     run = Run.open(args.dir)
@@ -98,6 +108,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"unfinished: {done} of {total} stages completed; the summary covers the first {done} task(s)."
               f" Run `forgetting run SPEC --out {args.dir}` to resume.")
         evals, reference = evals[(evals["stage"] <= done) & (evals["task_index"] < done)], None
+    for problem in check_health(run):  # printed before the numbers it puts in doubt
+        print(f"warning: training diverged: {problem}; these numbers measure a broken model")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"\nR[{args.metric}]: row = after training that task, column = evaluated task")
         print(performance_matrix(evals, args.metric).to_string())
@@ -162,10 +174,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     )
     from forgetting.runs import Run  # deferred
     from forgetting.runs.checksums import check_files, extend_record, record_outputs  # deferred
+    from forgetting.runs.health import check_health, hint  # deferred
 
     check_files(args.dir)  # never measured on damaged or altered weights (checked before anything is read)
     run = Run.open(args.dir)  # not a run folder: a clear error before any work
     _check_remote_code(run.spec, args, f"the spec of {args.dir}")
+    diverged = check_health(run)
+    if diverged:  # a mechanism report of a broken model is numbers about nothing
+        raise ForgettingError(f"{args.dir}: training diverged ({'; '.join(diverged)}); a report would measure a "
+                              f"broken model: {hint(run.spec)}, run again into a new folder, and analyze that")
     problems = []
     if args.examples < 1:
         problems.append(f"--examples: {args.examples} not allowed; allowed: >= 1")
