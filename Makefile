@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: book test setup pretrain results clean-book vendor chromium sync-notebooks colab-notebooks
+.PHONY: book test setup pretrain results verify-results clean-book vendor chromium sync-notebooks colab-notebooks
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ colab-notebooks: book
 
 results: setup pretrain
 	$(BIN)/forgetting results --profile full
+
+# After a change to the training code: re-train one published run per family and, when all are identical
+# bit for bit, record that the published runs stand for the new code (forgetting.reproduce); minutes, not hours.
+verify-results: setup pretrain
+	$(BIN)/forgetting verify
 
 test: setup vendor chromium
 	$(BIN)/python -m pytest

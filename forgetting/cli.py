@@ -7,6 +7,7 @@
     forgetting book                   execute the chapters and build the static book
     forgetting results                run the full profile's seeds into data/results/
     forgetting export DIR SNAPSHOT --out CKPT   a snapshot as a Hugging Face checkpoint (from_pretrained)
+    forgetting verify                 check that the training code reproduces the published runs bit for bit
     forgetting tasks                  list tasks and named sequences
 
 Bad input exits with status 2 and one line naming the field and what is allowed (every problem of a
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,7 +46,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 REMOTE_CODE_HELP = "allow a spec with trust_remote_code: true to run its model folder's own code"
 #: The commands that train or measure (torch gets :func:`forgetting.threads.configure_threads`).
-COMPUTING = ("run", "analyze", "pretrain", "results", "export")
+COMPUTING = ("run", "analyze", "pretrain", "results", "export", "verify")
 
 
 def _check_remote_code(spec, args: argparse.Namespace, source: str) -> None:
@@ -218,6 +220,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from forgetting.reproduce import kernel_pin, verify_published  # deferred: see the module docstring
+    from forgetting.runs.equivalence import record_path  # deferred
+
+    pin = kernel_pin()
+    if pin:  # torch reads the variable when it is imported: only a new process can use the published kernels
+        print(f"forgetting verify: the published runs used torch's {pin['ATEN_CPU_CAPABILITY']} kernels; verifying in a "
+              f"process pinned to them (ATEN_CPU_CAPABILITY={pin['ATEN_CPU_CAPABILITY']})", file=sys.stderr)
+        argv = [sys.executable, "-m", "forgetting", "verify", *(["--every"] if args.every else []),
+                *(["--quiet"] if args.quiet else [])]
+        return subprocess.run(argv, env={**os.environ, **pin}, check=False).returncode
+    entry = verify_published(every=args.every, progress=not args.quiet)
+    runs = ", ".join(v["run"] for v in entry["verified"])
+    if entry["current"] == entry["same_as"]:
+        print(f"the training code is the published code {entry['same_as']}; re-trained bit for bit here: {runs}")
+    else:
+        print(f"the training code {entry['current']} reproduces the published code {entry['same_as']} bit for bit "
+              f"on {len(entry['verified'])} runs ({runs}); recorded in {record_path()}")
+    return 0
+
+
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from forgetting.tasks import (  # deferred: see the module docstring
         SEQUENCES,
@@ -289,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="a new or empty folder for the checkpoint")
     export.add_argument("--merge", action="store_true", help="LoRA: one full model with the adapter merged into it")
     export.set_defaults(func=_cmd_export)
+
+    verify = sub.add_parser("verify", help="check that the training code reproduces the published runs", description=(
+        "Re-train one published run of each family with the current training code and compare it bit for bit "
+        "with data/results; when all are identical, record that the published runs stand for this code."))
+    verify.add_argument("--every", action="store_true", help="re-train every published run, not one per family")
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(func=_cmd_verify)
 
     results = sub.add_parser("results", help="run a profile for all its seeds into data/results", description=
                              "Run every seed of a profile and store the runs with provenance in data/results/.")

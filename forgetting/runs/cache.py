@@ -4,7 +4,8 @@
   ``~/.cache/forgetting``), or in ``data/results/<run name>`` when published there (tables only, no
   weights). The run name ``<spec name>-<spec hash>-<code fingerprint>`` changes with the spec and with
   the training code (:data:`forgetting.runs.fingerprint.RUN_CODE`), so a run is never reused with
-  numbers the current code would not produce.
+  numbers the current code would not produce; where a change of the training code is verified to
+  reproduce the published runs bit for bit, they keep their names (:mod:`forgetting.runs.equivalence`).
 - A *product* of a run (the mechanism report in ``analysis/``, the dynamics table) is stored beside it
   with a manifest holding the key it was made with (its arguments and a fingerprint of the measuring
   code). :func:`stored_or_compute` reads a stored product back when the key matches, in the run folder
@@ -32,15 +33,17 @@ from typing import Any
 from forgetting import paths
 from forgetting.files import atomic_write_json, read_json
 from forgetting.runs.checksums import check_files, check_outputs, extend_record, record_outputs
-from forgetting.runs.fingerprint import code_fingerprint
+from forgetting.runs.equivalence import run_code_label
 from forgetting.runs.integrity import check_pairing, weights_digest
 from forgetting.runs.layout import RunLayout
 from forgetting.spec import ExperimentSpec
 
 
 def run_name(spec: ExperimentSpec) -> str:
-    """``<spec name>-<spec hash>-<code fingerprint>``: the folder name of a cached run."""
-    return f"{spec.name}-{spec.hash()}-{code_fingerprint()}"
+    """``<spec name>-<spec hash>-<code fingerprint>``: the folder name of a cached run. The fingerprint
+    is the training code's, or the published code's where the current code is verified to reproduce
+    it bit for bit (:func:`forgetting.runs.equivalence.run_code_label`)."""
+    return f"{spec.name}-{spec.hash()}-{run_code_label()}"
 
 
 def published_dir(spec: ExperimentSpec) -> Path:

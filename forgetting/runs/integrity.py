@@ -241,10 +241,14 @@ def check_pairing(tables_dir: str | Path, weights_dir: str | Path) -> Path:
     gap = "" if changes is None else (
         f" Their stage-end eval losses differ by up to {changes['loss_gap'].max():.4g} nats"
         f" (stage {int(changes['loss_gap'].idxmax())}).")
+    published_kernels, here = where.get("cpu_capability"), machine()["cpu_capability"]
+    pin = (f" The published weights used torch's {published_kernels} kernels and this process {here}: start it with"
+           f" ATEN_CPU_CAPABILITY={published_kernels.lower()} to compute as they were computed (forgetting.reproduce)."
+           if published_kernels and published_kernels != here else "")
     raise WeightsMismatch(
         f"{tables_dir}: its tables were computed from other weights than those re-trained into {weights_dir}:"
         f" {how}.{gap} Published from: {_setting(where, trained)};"
-        f" here: {_setting(machine(), _manifest(weights_dir))}."
+        f" here: {_setting(machine(), _manifest(weights_dir))}.{pin}"
         " Tables computed from these weights would be paired with evaluations of other weights. Either"
         " re-run `make results` on this machine to publish every table from these weights, or read only"
         " the stored tables (stored_only=True), or re-train where the tables were published."
