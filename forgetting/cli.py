@@ -11,7 +11,7 @@
     forgetting tasks                  list tasks and named sequences
 
 Bad input exits with status 2 and one line naming the field and what is allowed (every problem of a
-spec file at once, :mod:`forgetting.specfile`); nothing is written. A damaged file of a run folder
+spec file at once, :func:`forgetting.spec.load_spec`); nothing is written. A damaged file of a run folder
 exits 2 naming the file: a truncated or altered JSON file, or any file that differs from the run's
 ``checksums.json`` (written when ``run`` ends or stops and when ``analyze`` ends, checked before ``run``
 resumes and before ``show``, ``analyze`` and ``export`` read; a report's tables are checked against its
@@ -58,13 +58,13 @@ def _check_remote_code(spec, args: argparse.Namespace, source: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from forgetting.specfile import load_spec_file  # deferred: see the module docstring
+    from forgetting.spec import load_spec  # deferred: see the module docstring
     from forgetting.runs import Run  # deferred
     from forgetting.runs.checksums import check_files, record_files  # deferred
     from forgetting.runs.health import check_health, hint  # deferred
     from forgetting.train.sequence import check_out_dir, run_experiment  # deferred
 
-    spec = load_spec_file(args.spec)  # bounded, and every problem of the spec named at once
+    spec = load_spec(args.spec)  # bounded, and every problem of the spec named at once
     _check_remote_code(spec, args, args.spec)
     check_files(args.out)  # a resumed run reads its manifest, snapshots and tables: never damaged ones
     check_out_dir(spec, Path(args.out))  # refuse a foreign folder before loading anything
@@ -103,8 +103,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if args.metric not in METRICS:
         raise SpecError("--metric", f"{args.metric!r} not allowed; allowed: {', '.join(METRICS)}")
     manifest, evals, reference = run.manifest, run.evals, run.reference
+    weights = (manifest.get("model") or {}).get("weights_sha256")  # recorded since the manifest carries it
     print(f"run {manifest['spec']['name']} (spec {manifest['spec_hash']}, seed {manifest['seed']}, "
-          f"model {manifest['spec']['model']}, commit {str(manifest.get('git_commit'))[:10]})")
+          f"model {manifest['spec']['model']}{f' weights {weights[:12]}' if weights else ''}, "
+          f"commit {str(manifest.get('git_commit'))[:10]})")
     done, total = max(run.stages), len(run.task_names)
     if done < total:  # the stages so far: the summary needs a square R, so it covers the tasks trained
         print(f"unfinished: {done} of {total} stages completed; the summary covers the first {done} task(s)."

@@ -53,6 +53,7 @@ def file_digest(path: str | Path) -> str:
 
 def provenance() -> dict[str, Any]:
     """Who made a result: package version, git commit, created_at (UTC), library versions, torch threads,
+    the vector instructions torch's CPU kernels use (``cpu_capability``; see :mod:`forgetting.reproduce`),
     and the hash of the ledger's rule file in force (``ledger_rules``; see :mod:`forgetting.ledger.rules`)."""
     import torch  # deferred: the file helpers are used where torch is not loaded yet
     import transformers  # deferred: as above
@@ -65,6 +66,7 @@ def provenance() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector instructions of torch's kernels
         "ledger_rules": file_digest(rules) if (rules := paths.DATA_DIR / "ledger_rules.yaml").is_file() else None,
     }
 

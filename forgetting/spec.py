@@ -15,10 +15,22 @@ Example (``data/specs/quick.yaml``)::
 
 Every problem is reported as ``<field>: <what is wrong>; allowed: <what is allowed>``
 (:class:`forgetting.errors.SpecError`), and a spec that fails validation never starts a run.
+:func:`parse_spec` names **every** problem at once, unknown keys first (a typo is the likelier mistake,
+and it often explains the others) with the nearest allowed name: ``modle: unknown key; did you mean
+model? allowed here: ...``; one problem reads ``field: message``, several ``SOURCE: 3 problems: a: ...;
+b: ...; c: ...``.
+
+:func:`load_spec` reads a file with three more guarantees, before anything is validated: a file larger
+than :data:`MAX_SPEC_BYTES` is refused before it is parsed (a spec is a few hundred bytes); YAML is read
+with the C safe loader where PyYAML has it (``yaml.CSafeLoader``), else the Python one, both building
+plain data only (no tags that run code); a document with more than :data:`MAX_ALIASES` aliases
+(``*name``) is refused, since an "alias bomb" of a few lines is a graph that validation would walk as
+billions of nodes.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -33,6 +45,10 @@ from forgetting.models import EMBEDDED_MODELS
 from forgetting.models.finetune import method_names
 from forgetting.tasks.families import task_names
 from forgetting.tasks.sequences import SEQUENCES
+
+MAX_SPEC_BYTES = 256 * 1024
+MAX_ALIASES = 32  # a spec needs none; a few anchors for shared options are fine
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # PyYAML built without libyaml has no C loader
 
 
 def stage_seed(seed: int, stage: int) -> int:
@@ -175,27 +191,47 @@ def _allowed(model: type[BaseModel], loc: tuple) -> str:
     return ", ".join(current.model_fields) if current else ""
 
 
-def _spec_error(exc: ValidationError) -> SpecError:
-    err = exc.errors()[0]
+def _problem(err: dict) -> tuple[str, str]:
+    """``(field path, what is wrong and what is allowed)`` of one pydantic error."""
     loc = tuple(err["loc"])
     field = ".".join(str(p) for p in loc) or "spec"
     if err["type"] == "extra_forbidden":
-        return SpecError(field, f"unknown key; allowed here: {_allowed(ExperimentSpec, loc)}")
+        allowed = [name.strip() for name in _allowed(ExperimentSpec, loc).split(",") if name.strip()]
+        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        hint = f" did you mean {near[0]}?" if near else ""
+        return field, f"unknown key;{hint} allowed here: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return field, "required, and missing"
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "literal_error":
         message = message.replace("Input should be", "allowed:")
-    more = len(exc.errors()) - 1
-    return SpecError(field, message + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""))
+    return field, message
+
+
+def spec_problems(data: object) -> list[tuple[str, str]]:
+    """Every validation problem of spec ``data`` as ``(field path, message)``, unknown keys first;
+    ``[]`` when the fields validate (:func:`parse_spec` then checks the model)."""
+    if not isinstance(data, dict):
+        return [("spec", f"must be a mapping of keys to values, got {type(data).__name__}")]
+    try:
+        ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem(err) for err in exc.errors()]
+        return sorted(problems, key=lambda p: not p[1].startswith("unknown key"))  # stable: otherwise in order
+    return []
 
 
 def parse_spec(data: object, source: str = "spec") -> ExperimentSpec:
-    """Validate a mapping into an :class:`ExperimentSpec`; raises :class:`~forgetting.errors.SpecError`."""
+    """Validate a mapping into an :class:`ExperimentSpec`; raises one :class:`~forgetting.errors.SpecError`
+    naming every problem (module docstring)."""
     if not isinstance(data, dict):
         raise SpecError(source, f"must be a mapping of keys to values, got {type(data).__name__}")
-    try:
-        spec = ExperimentSpec.model_validate(data)
-    except ValidationError as exc:
-        raise _spec_error(exc) from None
+    problems = spec_problems(data)
+    if len(problems) == 1:
+        raise SpecError(*problems[0])
+    if problems:
+        raise SpecError(source, f"{len(problems)} problems: " + "; ".join(f"{f}: {m}" for f, m in problems))
+    spec = ExperimentSpec.model_validate(data)
     _check_model(spec)
     return spec
 
@@ -213,15 +249,28 @@ def _check_model(spec: ExperimentSpec) -> None:
         )
 
 
-def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read and validate a YAML spec (``yaml.safe_load``); every problem raises :class:`~forgetting.errors.SpecError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError("SPEC", f"no such file: {path}")
+def _read_yaml(path: Path) -> object:
+    """The YAML document of ``path``, alias-bounded, as plain data (module docstring)."""
+    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(path.read_text())
+        aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=_LOADER))
+        if aliases > MAX_ALIASES:
+            raise SpecError("SPEC", f"{path} uses {aliases} YAML aliases; allowed: at most {MAX_ALIASES} "
+                                    "(a spec needs none; many aliases expand into a huge document)")
+        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SpecError("SPEC", f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_spec(data, source=str(path))
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read, bound and validate a YAML spec file (module docstring); every problem raises one
+    :class:`~forgetting.errors.SpecError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError("SPEC", f"no such file: {path}")
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError("SPEC", f"{path} has {size} bytes; allowed: at most {MAX_SPEC_BYTES} (a spec is a few hundred)")
+    return parse_spec(_read_yaml(path), source=str(path))

@@ -3,6 +3,7 @@ saved with save_pretrained) and the clear errors for bad names; nothing touches 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -178,3 +179,20 @@ def test_remote_code_needs_consent(tmp_path, no_network):
 def test_hub_id_shape():
     assert is_hub_id("gpt2") and is_hub_id("HuggingFaceTB/SmolLM2-135M") and is_hub_id("EleutherAI/pythia-70m")
     assert not any(is_hub_id(n) for n in ("no/such/model", "./x", "../x", "/abs/path", "~/x", "a/../b", ""))
+
+
+def test_a_local_model_folder_is_fingerprinted_by_its_weight_files_only(tmp_path):
+    from forgetting.models import model_fingerprint
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"abc")
+    (folder / "config.json").write_text("{}")
+    first = model_fingerprint(str(folder))
+    expected = hashlib.sha256(b"model.safetensors" + b"abc").hexdigest()
+    assert first == {"name": str(folder), "source": str(folder), "weights_sha256": expected}
+    (folder / "config.json").write_text('{"a": 1}')  # not a weight file
+    assert model_fingerprint(str(folder)) == first
+    (folder / "model.safetensors").write_bytes(b"abd")
+    assert model_fingerprint(str(folder))["weights_sha256"] != expected
+    assert model_fingerprint("no-such-org/no-such-model")["weights_sha256"] is None  # never downloaded

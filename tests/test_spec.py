@@ -28,7 +28,7 @@ def test_hash_is_stable_and_sensitive():
 @pytest.mark.parametrize(
     ("change", "field", "says"),
     [
-        ({"stepz_per_task": 3}, "stepz_per_task", "unknown key; allowed here: name, model"),
+        ({"stepz_per_task": 3}, "stepz_per_task", "unknown key; did you mean steps_per_task? allowed here: name, model"),
         ({"optimizer": {"lr": -1}}, "optimizer.lr", "greater than 0"),
         ({"optimizer": {"lrr": 0.1}}, "optimizer.lrr", "allowed here: lr, weight_decay"),
         ({"optimizer": {"schedule": "step"}}, "optimizer.schedule", "'linear', 'cosine' or 'constant'"),

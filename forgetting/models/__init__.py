@@ -3,9 +3,13 @@ geometry per architecture, and LoRA through peft."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 EMBEDDED_MODELS = ("tiny", "tiny-moe")
+#: The files whose bytes are a model's weights (config and tokenizer files are not).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
 def load_model(
@@ -63,3 +67,37 @@ def output_vocabulary(name_or_path: str = "tiny", *, trust_remote_code: bool = F
         name_or_path = str(embedded_dir(name_or_path))
     config = read_config(name_or_path, trust_remote_code=trust_remote_code)
     return int(config.get_text_config().vocab_size)
+
+
+def _model_folder(name_or_path: str) -> Path | None:
+    """The local folder that holds the model's files: the embedded model's, a local folder, or a hub
+    id's snapshot in the Hugging Face cache (never downloaded here); ``None`` where there is none."""
+    if name_or_path in EMBEDDED_MODELS:
+        from forgetting.models.embedded import embedded_dir  # deferred: as in load_model
+
+        return embedded_dir(name_or_path)
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download  # deferred: only for a hub id
+
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or no hub library): the source is the id alone
+        return None
+
+
+def model_fingerprint(name_or_path: str = "tiny") -> dict[str, Any]:
+    """Which weights a run starts from: ``{"name", "source", "weights_sha256"}``, ``source`` the folder
+    the files were read from and ``weights_sha256`` the sha256 over the names and bytes of its weight
+    files (:data:`WEIGHT_SUFFIXES`, in name order), ``None`` where no local folder holds them."""
+    folder = _model_folder(name_or_path)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if folder else []
+    if not files:
+        return {"name": name_or_path, "source": str(folder) if folder else name_or_path, "weights_sha256": None}
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.relative_to(folder).as_posix().encode())
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return {"name": name_or_path, "source": str(folder), "weights_sha256": digest.hexdigest()}

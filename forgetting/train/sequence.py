@@ -27,7 +27,7 @@ from forgetting.errors import SpecError
 from forgetting.evaluate import PreparedTask, evaluation_rows
 from forgetting.files import atomic_write_json, atomic_write_table, provenance, read_json
 from forgetting.hooks import TaskContext, TrainingHook
-from forgetting.models import EMBEDDED_MODELS
+from forgetting.models import EMBEDDED_MODELS, model_fingerprint
 from forgetting.models.embedded import RECIPES, encode_corpus, encoded_corpus_loss, heldout_documents
 from forgetting.runs.cache import cache_twin, has_weights
 from forgetting.runs.layout import RunLayout, snapshot_label
@@ -160,6 +160,12 @@ def check_out_dir(spec: ExperimentSpec, out: Path) -> dict:
                 "--out", f"{out} holds a run of another spec (hash {manifest.get('spec_hash')}, this one "
                 f"{spec.hash()}); choose another folder"
             )
+        began = (manifest.get("model") or {}).get("weights_sha256")
+        if began and (now := model_fingerprint(spec.model)["weights_sha256"]) != began:
+            raise SpecError(
+                "model", f"the weights of {spec.model!r} changed since the run in {out} began (sha256 "
+                f"{began[:12]}..., now {str(now)[:12]}...); resuming would mix two models: run into a new folder"
+            )
         return read_json(layout.state) if layout.state.is_file() else {}
     if out.exists() and any(out.iterdir()):
         raise SpecError("--out", f"{out} exists, is not empty and is not a run folder; choose another folder")
@@ -226,7 +232,8 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = Tr
         out.mkdir(parents=True, exist_ok=True)
         manifest = {
             "spec": spec.model_dump(mode="json"), "spec_hash": spec.hash(), "seed": spec.seed,
-            "tasks": [t.name for t in tasks], "num_processes": accelerator.num_processes, **provenance(),
+            "tasks": [t.name for t in tasks], "num_processes": accelerator.num_processes,
+            "model": model_fingerprint(spec.model), **provenance(),
         }
         atomic_write_json(layout.manifest, manifest)
     completed = state.get("completed_stages", -1)

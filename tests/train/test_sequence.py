@@ -157,3 +157,16 @@ def test_moe_model_runs_the_same_pipeline(tmp_path):
     _, out = _run(tmp_path, model="tiny-moe", steps_per_task=2, eval={"every": 0})
     evals = pd.read_parquet(out / "evals.parquet")
     assert set(evals[evals.end_of_stage].stage) == {0, 1, 2}
+
+
+def test_the_manifest_records_the_model_weights_and_a_changed_model_is_not_resumed(finished, monkeypatch):
+    import forgetting.models as models
+
+    spec, out = finished
+    recorded = json.loads((out / "manifest.json").read_text())["model"]
+    assert recorded == models.model_fingerprint(spec.model) and len(recorded["weights_sha256"]) == 64
+    assert recorded["source"].endswith(f"models/{spec.model}")
+    other = {**recorded, "weights_sha256": "f" * 64}
+    monkeypatch.setattr(seq, "model_fingerprint", lambda name: other)  # the model's files were replaced
+    with pytest.raises(SpecError, match=r"the weights of 'tiny' changed since the run in .* began"):
+        seq.run_experiment(spec, out, progress=False)

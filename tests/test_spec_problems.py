@@ -1,4 +1,4 @@
-"""Spec files as the command line reads them (forgetting.specfile): every problem at once, the nearest
+"""Spec files as load_spec reads them (forgetting.spec): every problem at once, the nearest
 allowed name for a typo, size and alias limits, and the spec fuzz table through ``forgetting run``."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import yaml
 
 from forgetting.cli import main
 from forgetting.errors import SpecError
-from forgetting.spec import load_spec
-from forgetting.specfile import MAX_ALIASES, MAX_SPEC_BYTES, _LOADER, load_spec_file, spec_problems
+from forgetting.spec import _LOADER, MAX_ALIASES, MAX_SPEC_BYTES, load_spec, parse_spec, spec_problems
 from tests.conftest import small_spec
 
 
@@ -19,9 +18,9 @@ def _write(tmp_path, data) -> str:
     return str(path)
 
 
-def test_a_valid_file_gives_the_same_spec_as_load_spec(tmp_path):
+def test_a_valid_file_gives_the_spec_of_its_data(tmp_path):
     path = _write(tmp_path, small_spec())
-    assert load_spec_file(path).hash() == load_spec(path).hash()
+    assert load_spec(path).hash() == parse_spec(small_spec()).hash()
 
 
 def test_the_c_loader_is_used_where_pyyaml_has_it():
@@ -33,7 +32,7 @@ def test_three_problems_are_all_named_and_the_typo_comes_first_with_its_nearest_
     data = {**small_spec(), "modle": "tiny", "steps_per_task": 0, "batch_size": -3}
     del data["name"]
     with pytest.raises(SpecError) as err:
-        load_spec_file(_write(tmp_path, data))
+        load_spec(_write(tmp_path, data))
     message = str(err.value)
     assert "4 problems: modle: unknown key; did you mean model? allowed here: name, model," in message
     assert "name: required, and missing" in message
@@ -57,7 +56,7 @@ def test_an_unknown_key_far_from_every_name_gets_no_guess():
 def test_a_file_above_the_size_limit_is_refused_before_parsing(tmp_path):
     path = _write(tmp_path, "name: x\n" + "#" * MAX_SPEC_BYTES + "\n")
     with pytest.raises(SpecError, match=f"bytes; allowed: at most {MAX_SPEC_BYTES}"):
-        load_spec_file(path)
+        load_spec(path)
 
 
 def _alias_bomb(levels: int = 9) -> str:
@@ -72,7 +71,7 @@ def test_an_alias_bomb_is_refused_before_validation(tmp_path):
     text = _alias_bomb()
     assert len(text) < 1500  # a few lines, 10**8 task names once expanded
     with pytest.raises(SpecError, match=f"uses 81 YAML aliases; allowed: at most {MAX_ALIASES}"):
-        load_spec_file(_write(tmp_path, text))
+        load_spec(_write(tmp_path, text))
 
 
 #: The spec fuzz: (case, spec text, what the one line must say). Each must exit 2, write nothing.
