@@ -16,12 +16,13 @@ The evaluation table has one row per (evaluation point, task, metric); see ``EVA
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
+from forgetting.errors import SpecError
 from forgetting.metrics import summarize
 from forgetting.tasks.encoding import IGNORE_INDEX, EncodedExamples, answer_token_ids, concat_examples, encode_examples
 from forgetting.tasks.families import Task
@@ -63,6 +64,20 @@ def prepare_task(task: Task, tokenizer, max_length: int | None = None) -> Prepar
         eval=encode_examples(tokenizer, task.eval, max_length),
         answer_ids=answer_token_ids(tokenizer, task.answer_vocab),
     )
+
+
+def check_fits(model, tasks: Sequence[PreparedTask]) -> None:
+    """Raise :class:`~forgetting.errors.SpecError` naming every task whose encoded examples (prompt,
+    answer and eos) are longer than the model's positions (``max_position_embeddings`` of its text
+    config; no check for a model without one), before anything is trained or written."""
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if not limit:
+        return
+    too_long = [f"{t.name} ({split}: {ex.input_ids.shape[1]} tokens)" for t in tasks
+                for split, ex in (("train", t.train), ("eval", t.eval)) if ex.input_ids.shape[1] > limit]
+    if too_long:
+        raise SpecError("sequence", f"{', '.join(too_long)} longer than the model's {limit} positions; allowed: "
+                                    f"tasks whose examples fit in {limit} tokens")
 
 
 _SCORES = ("loss_sum", "n_tokens", "n_correct", "exact", "answer")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
+from forgetting import paths
 from forgetting.cli import main
 from forgetting.errors import SpecError
 from forgetting.runs.checksums import record_files
@@ -205,3 +209,16 @@ def test_a_spec_runs_remote_code_only_with_the_command_line_flag_too(tmp_path, c
     err = capsys.readouterr().err
     assert f"trust_remote_code: {spec} asks to run the code of model 'tiny'; pass --trust-remote-code" in err
     assert main(["run", str(spec), "--out", str(out), "--quiet", "--trust-remote-code"]) == 0
+
+
+def test_examples_longer_than_the_models_positions_exit_2_before_anything_is_written(tmp_path, capsys):
+    model = Path(shutil.copytree(paths.DATA_DIR / "models" / "tiny", tmp_path / "short-model"))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 8}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(small_spec(model=str(model))))
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "sequence: recall_city (train: " in err and "longer than the model's 8 positions" in err
+    assert "Traceback" not in err and not out.exists()

@@ -13,7 +13,7 @@ from forgetting.cli import main
 from forgetting.errors import ForgettingError
 from forgetting.publish import publish_run
 from forgetting.runs import equivalence
-from forgetting.runs.cache import published_dir, run_name
+from forgetting.runs.cache import published_dir
 from forgetting.runs.equivalence import read_equivalences, record_path, run_code_label
 from forgetting.runs.fingerprint import code_fingerprint
 from forgetting.spec import parse_spec
@@ -26,10 +26,12 @@ SPECS = {"seed0": small_spec(eval={"every": 0}), "seed1": small_spec(eval={"ever
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    """The three specs' runs, trained once with the current code (in the module's own folder)."""
+    """The three specs' runs, trained once with the current code (in the module's own folder), named
+    by the code's own fingerprint (not by the repository's equivalence record, which these tests replace)."""
     root = tmp_path_factory.mktemp("trained")
-    return {key: run_experiment(parse_spec(spec), root / run_name(parse_spec(spec)), progress=False)
-            for key, spec in SPECS.items()}
+    specs = {key: parse_spec(spec) for key, spec in SPECS.items()}
+    return {key: run_experiment(spec, root / f"{spec.name}-{spec.hash()}-{code_fingerprint()}", progress=False)
+            for key, spec in specs.items()}
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from forgetting import mitigations, paths
 from forgetting.errors import SpecError
-from forgetting.evaluate import PreparedTask, evaluation_rows
+from forgetting.evaluate import PreparedTask, check_fits, evaluation_rows
 from forgetting.files import atomic_write_json, atomic_write_table, provenance, read_json
 from forgetting.hooks import TaskContext, TrainingHook
 from forgetting.models import EMBEDDED_MODELS, model_fingerprint
@@ -225,6 +225,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = Tr
     mitigation = mitigation_hook(spec)  # a bad mitigation option fails here, before the model is loaded
     model, tokenizer = model_for_spec(spec)
     tasks = tasks_for_spec(spec, tokenizer)
+    check_fits(model, tasks)  # an example longer than the model's positions fails here, before anything is written
     model = accelerator.prepare_model(model)
     layout = RunLayout(out)
     ctx = RunContext(spec, layout, model, tokenizer, tasks, accelerator, _heldout_batches(spec, tokenizer), mitigation)
