@@ -48,7 +48,7 @@ from forgetting.tasks.sequences import SEQUENCES
 
 #: The largest spec file :func:`load_spec` parses, in bytes (a spec is a few hundred).
 MAX_SPEC_BYTES = 256 * 1024
-#: The most YAML aliases a spec file may use: a spec needs none, and a few anchors for shared options are fine.
+#: The most YAML aliases a spec file may use (a spec needs none; a few anchors for shared options are fine).
 MAX_ALIASES = 32
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # PyYAML built without libyaml has no C loader
 
