@@ -346,14 +346,14 @@ def _where_stopped(args: argparse.Namespace) -> str:
     from forgetting.files import read_json  # deferred: only after an interrupt
     from forgetting.runs.layout import RunLayout  # deferred: as above
 
-    folder = getattr(args, "out", None) if args.command == "run" else None
+    if args.command != "run":
+        return ""
+    layout = RunLayout(Path(args.out))
     try:
-        layout = RunLayout(Path(folder)) if folder else None
-        done = read_json(layout.state)["completed_stages"] if layout else None
-        tasks = read_json(layout.manifest)["tasks"] if layout else None
+        done, tasks = read_json(layout.state)["completed_stages"], read_json(layout.manifest)["tasks"]
     except (OSError, ValueError, KeyError, TypeError):  # no state yet, or not readable: say less
         return ""
-    if done is None or not isinstance(tasks, list) or done >= len(tasks):
+    if not isinstance(tasks, list) or done >= len(tasks):
         return ""
     return f" during stage {done + 1} of {len(tasks)} ({done} complete and kept)"
 

@@ -73,12 +73,13 @@ def export_snapshot(run_dir: str | Path | Run, snapshot: SnapshotRef, out: str |
     folder = run.snapshot_folder(snapshot)
     info = run.snapshot_info(snapshot)
     model = run.model_at(snapshot)
+    lora = _is_peft(model)
     with atomic_dir(out) as tmp:
-        if _is_peft(model) and merge:
+        if lora and merge:
             import copy  # deferred: only a merged export copies the model
 
             copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
-        elif _is_peft(model):
+        elif lora:
             base, tokenizer = load_model(run.spec.model, trust_remote_code=run.spec.trust_remote_code)  # no adapter
             base.save_pretrained(tmp / BASE)
             tokenizer.save_pretrained(tmp / BASE)
@@ -97,7 +98,7 @@ def export_snapshot(run_dir: str | Path | Run, snapshot: SnapshotRef, out: str |
         atomic_write_json(tmp / PROVENANCE, {
             "run": str(run.folder.resolve()), "spec_hash": run.manifest.get("spec_hash"), "seed": run.seed,
             "snapshot": info.label, "stage": info.stage, "task": info.task, "step": info.step,
-            "weights_sha256": file_sha256(folder / WEIGHTS), "merged": bool(merge and _is_peft(model)),
+            "weights_sha256": file_sha256(folder / WEIGHTS), "merged": bool(merge and lora),
             "method": run.spec.finetune.method,
         })
     return out

@@ -194,6 +194,18 @@ def _stage_labels(weights_dir: Path) -> dict[int, str]:
     return {int(m["stage"]): m["label"] for m in metas if m.get("end_of_stage")}
 
 
+def snapshot_differences(expected: dict[str, str], weights_dir: str | Path) -> tuple[list[str], str]:
+    """``(differ, how)``: the labels of ``expected`` (``{label: sha256}``, e.g. a ``weights.json``'s
+    snapshots) whose snapshot in ``weights_dir`` has another checksum or is missing, and that in words
+    (``"2 of 5 snapshots differ (a, b), 1 of them missing there"``; ``""`` when none differs)."""
+    actual = snapshot_checksums(weights_dir)
+    differ = [label for label, sha in expected.items() if actual.get(label) != sha]
+    missing = [label for label in differ if label not in actual]
+    how = f"{len(differ)} of {len(expected)} snapshots differ ({_names(differ)})" + (
+        f", {len(missing)} of them missing there" if missing else "") if differ else ""
+    return differ, how
+
+
 def check_pairing(tables_dir: str | Path, weights_dir: str | Path) -> Path:
     """``weights_dir`` if its snapshots are those the tables of ``tables_dir`` were computed from; else
     raises :class:`WeightsMismatch` naming the snapshots that differ and what to do.
@@ -216,12 +228,7 @@ def check_pairing(tables_dir: str | Path, weights_dir: str | Path) -> Path:
         record = {"snapshots": snapshot_checksums(tables_dir), "machine": machine()}
     changes = _eval_changes(tables_dir, weights_dir)
     if record is not None:
-        actual = snapshot_checksums(weights_dir)
-        total = len(record["snapshots"])
-        differ = [label for label, sha in record["snapshots"].items() if actual.get(label) != sha]
-        missing = [label for label in differ if label not in actual]
-        how = f"{len(differ)} of {total} snapshots differ ({_names(differ)})" + (
-            f", {len(missing)} of them missing there" if missing else "")
+        differ, how = snapshot_differences(record["snapshots"], weights_dir)
     elif changes is not None:
         labels = _stage_labels(weights_dir)
         differ = [labels.get(int(stage), f"stage {stage}") for stage in changes.index[changes["gap"] > 0]]
