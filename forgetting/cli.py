@@ -35,7 +35,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from forgetting.errors import DamagedFile, ForgettingError, SpecError
+from forgetting.errors import DamagedFile, ForgettingError, SpecError, TrainingDiverged
 from forgetting.files import folder_lock
 from forgetting.threads import configure_threads
 from forgetting.version import __version__
@@ -71,8 +71,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with folder_lock(Path(args.out)):  # a second writer into the same folder is refused, not mixed in
         try:
             out = run_experiment(spec, args.out, progress=not args.quiet)
-        except KeyboardInterrupt:
-            record_files(args.out)  # what was finished (complete files only), checked when the run resumes
+        except (KeyboardInterrupt, TrainingDiverged):
+            record_files(args.out)  # what was finished (complete files only), checked when it is read or resumed
             raise
         record_files(out)
     problems = check_health(Run.open(out))
@@ -109,9 +109,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
           f"commit {str(manifest.get('git_commit'))[:10]})")
     done, total = max(run.stages), len(run.task_names)
     if done < total:  # the stages so far: the summary needs a square R, so it covers the tasks trained
-        print(f"unfinished: {done} of {total} stages completed; the summary covers the first {done} task(s)."
+        covered = (f"the summary covers the first {done} task(s)" if done else
+                   "only the base model's evaluation is complete (the first row of R)")
+        print(f"unfinished: {done} of {total} stages completed; {covered}."
               f" Run `forgetting run SPEC --out {args.dir}` to resume.")
-        evals, reference = evals[(evals["stage"] <= done) & (evals["task_index"] < done)], None
+        evals = evals[(evals["stage"] <= done) & ((evals["task_index"] < done) | (done == 0))]
+        reference = None
     for problem in check_health(run):  # printed before the numbers it puts in doubt
         print(f"warning: training diverged: {problem}; these numbers measure a broken model")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):

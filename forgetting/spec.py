@@ -33,11 +33,21 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from forgetting import mitigations
 from forgetting.errors import SpecError
@@ -124,6 +134,40 @@ class SnapshotSpec(_Strict):
     every: int = Field(default=0, ge=0, description="also snapshot every k steps (0: end of each task only)")
 
 
+class DatasetTaskSpec(_Strict):
+    """A task drawn from a Hugging Face dataset (:func:`forgetting.tasks.hf.task_from_entry`)::
+
+        tasks:
+          mycopy:
+            dataset: path/to/saved          # a save_to_disk folder, or a hub id "org/name"
+            split: null                     # a split of a saved DatasetDict or of a hub dataset (hub: train)
+            eval_split: null                # null: hold out eval_fraction of the rows
+            prompt_column: question
+            target_column: answer
+            n_train: 200                    # null: the spec's data.n_train
+            n_eval: 50                      # null: the spec's data.n_eval
+            max_length: 64                  # rows longer than this many tokens are dropped (null: none)
+
+    The dataset is read when the run starts (and when the run's folder name is computed, to hash its
+    rows), not when the spec is validated: a finished run keeps its tasks' examples (``tasks.json``).
+    """
+
+    dataset: str = Field(min_length=1, max_length=4096, description="save_to_disk folder or hub id")
+    split: str | None = Field(default=None, min_length=1, description="split of a DatasetDict or hub dataset")
+    eval_split: str | None = Field(default=None, min_length=1, description="split to evaluate on")
+    prompt_column: str = Field(default="prompt", min_length=1)
+    target_column: str = Field(default="target", min_length=1)
+    eval_fraction: float = Field(default=0.2, gt=0, lt=1, description="held-out share without eval_split")
+    n_train: int | None = Field(default=None, ge=1, le=100_000, description="None: the spec's data.n_train")
+    n_eval: int | None = Field(default=None, ge=1, le=10_000, description="None: the spec's data.n_eval")
+    max_length: int | None = Field(default=None, ge=2, le=1_000_000, description="drop rows with more tokens")
+    answer_vocab: list[str] | None = Field(default=None, min_length=1, description="None: the targets' words")
+
+
+#: What a spec-defined task may be called (it names snapshot folders: ``stage01-<task>``).
+TASK_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+
+
 class ReferenceSpec(_Strict):
     """A joint multi-task run on all tasks of the sequence: the a*_k of intransigence."""
 
@@ -136,6 +180,8 @@ class ExperimentSpec(_Strict):
     model: str = "tiny"
     trust_remote_code: bool = False
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    tasks: dict[Annotated[str, StringConstraints(pattern=TASK_NAME)], DatasetTaskSpec] = Field(
+        default_factory=dict, description="tasks defined here (from datasets), by name; the sequence may use them")
     sequence: str | list[str] = "default"
     data: DataSpec = DataSpec()
     finetune: FinetuneSpec = FinetuneSpec()
@@ -148,18 +194,31 @@ class ExperimentSpec(_Strict):
     snapshots: SnapshotSpec = SnapshotSpec()
     reference: ReferenceSpec = ReferenceSpec()
 
+    @field_validator("tasks")
+    @classmethod
+    def _new_task_names(cls, value: dict[str, DatasetTaskSpec]) -> dict[str, DatasetTaskSpec]:
+        taken = [name for name in value if name in task_names()]
+        if taken:
+            raise ValueError(f"{', '.join(map(repr, taken))} already name registered tasks; allowed: other names")
+        return value
+
     @field_validator("sequence")
     @classmethod
-    def _known_sequence(cls, value: str | list[str]) -> str | list[str]:
+    def _known_sequence(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
         if isinstance(value, str):
             if value not in SEQUENCES:
                 raise ValueError(f"unknown sequence {value!r}; allowed: {', '.join(SEQUENCES)} or a list of tasks")
             return value
         if not value:
             raise ValueError("empty list; give at least one task")
-        unknown = [t for t in value if t not in task_names()]
+        if "tasks" not in info.data:  # tasks: failed validation (reported there): a name cannot be judged
+            return value
+        defined = list(info.data["tasks"])  # validated before the sequence (declared first)
+        unknown = [t for t in value if t not in task_names() and t not in defined]
         if unknown:
-            raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(task_names())}")
+            allowed = ", ".join(task_names() + defined)
+            raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; allowed: {allowed} "
+                             "(or a task defined under tasks:)")
         return value
 
     @model_validator(mode="after")
@@ -179,18 +238,27 @@ class ExperimentSpec(_Strict):
         data = self.model_dump(mode="json")
         if data["finetune"]["mitigation"] is None:  # added later: specs without one keep their hash
             del data["finetune"]["mitigation"]
+        if not data["tasks"]:  # added later, as the mitigation
+            del data["tasks"]
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def _allowed(model: type[BaseModel], loc: tuple) -> str:
-    """The field names allowed at ``loc`` (for 'unknown key' errors)."""
-    current: type[BaseModel] | None = model
+    """The field names allowed at ``loc`` (for 'unknown key' errors); a mapping's key in ``loc``
+    (a task name under ``tasks:``) leads to the mapping's value type."""
+    current: Any = model
     for part in loc[:-1]:
-        field = current.model_fields.get(str(part)) if current else None
-        annotation = field.annotation if field else None
-        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return ", ".join(current.model_fields) if current else ""
+        if typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+            continue
+        field = current.model_fields.get(str(part)) if _is_model(current) else None
+        current = field.annotation if field else None
+    return ", ".join(current.model_fields) if _is_model(current) else ""
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _problem(err: dict) -> tuple[str, str]:
@@ -204,6 +272,9 @@ def _problem(err: dict) -> tuple[str, str]:
         return field, f"unknown key;{hint} allowed here: {', '.join(allowed)}"
     if err["type"] == "missing":
         return field, "required, and missing"
+    if loc and loc[-1] == "[key]":  # a bad key of a mapping (a task name under tasks:)
+        return ".".join(str(p) for p in loc[:-2]), (
+            f"{loc[-2]!r} is not an allowed task name; allowed: a letter, then letters, digits or _ (64 at most)")
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "literal_error":
         message = message.replace("Input should be", "allowed:")

@@ -171,3 +171,47 @@ def test_installed_as_a_library_the_package_loads_its_shipped_model_from_another
     assert report["n_parameters"] == sum(p.numel() for p in model.parameters())
     assert report["spec"] == "quick" and report["encodes"] >= 1
     print(f"installed package: load_model('tiny') in {report['seconds']:.1f} s")
+
+
+DATASET_RUN = (
+    "import random\n"
+    "from datasets import Dataset\n"
+    "rng = random.Random(0)\n"
+    "seqs = [rng.choices('abcdefgh', k=rng.choice([3, 4])) for _ in range(80)]\n"
+    "Dataset.from_dict({'question': [f\"Q : copy {' '.join(s)} A :\" for s in seqs],\n"
+    "                   'answer': [' '.join(s) for s in seqs]}).save_to_disk('mycopy')\n"
+    "open('spec.yaml', 'w').write('''name: mine\n"
+    "tasks:\n"
+    "  mycopy: {dataset: mycopy, prompt_column: question, target_column: answer, n_train: 32, n_eval: 16}\n"
+    "sequence: [recall_city, mycopy]\n"
+    "data: {n_train: 32, n_eval: 16}\n"
+    "batch_size: 8\n"
+    "steps_per_task: 6\n"
+    "eval: {every: 3, batch_size: 64}\n"
+    "''')\n"
+)
+
+
+@pytest.mark.slow
+def test_installed_as_a_library_a_dataset_task_run_is_shown_and_analysed_without_its_dataset(colab_env, tmp_path):
+    """Outside the repository, with the ``datasets`` extra installed: a spec with a task from a saved
+    dataset runs, the dataset folder is removed, and ``forgetting show`` and ``forgetting analyze`` work
+    from what the run folder stored (its ``tasks.json``)."""
+    _, venv = colab_env
+    proc = _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "datasets"], timeout=900)
+    if proc.returncode != 0:
+        pytest.skip(f"pip could not install datasets from the registry: {proc.stderr.strip()[-500:]}")
+    env = {k: v for k, v in os.environ.items() if k not in ("FORGETTING_DATA", "VIRTUAL_ENV", "PYTHONPATH")}
+    env.update(FORGETTING_CACHE=str(tmp_path / "cache"), FORGETTING_QUIET="1", HF_DATASETS_OFFLINE="1")
+    work = tmp_path / "work"
+    work.mkdir()
+    cli = str(venv / "bin" / "forgetting")
+    steps = [[str(venv / "bin" / "python"), "-c", DATASET_RUN], [cli, "run", "spec.yaml", "--out", "run", "--quiet"],
+             ["rm", "-r", "mycopy"], [cli, "show", "run"], [cli, "analyze", "run", "--examples", "4", "--quiet"]]
+    outputs = []
+    for argv in steps:
+        proc = _run(argv, timeout=900, env=env, cwd=str(work))
+        assert proc.returncode == 0, (argv, (proc.stdout + proc.stderr)[-3000:])
+        outputs.append(proc.stdout)
+    assert "mycopy" in outputs[3] and "R[exact_match]" in outputs[3]
+    assert (work / "run" / "analysis" / "manifest.json").is_file()

@@ -48,6 +48,7 @@ def test_the_wheel_carries_the_specs_and_rules_but_no_results_or_tests(wheel):
     specs = sorted(p.name for p in (paths.REPO_ROOT / "data" / "specs").glob("*.yaml"))
     assert specs and {f"forgetting/_data/specs/{s}" for s in specs} <= names
     assert "forgetting/_data/ledger_rules.yaml" in names
+    assert "forgetting/_data/models/weights.json" in names  # the shipped weights' hashes (forgetting.runs.keys)
     assert not [n for n in names if n.startswith("forgetting/_data/results/")]  # 16 MB of tables stay in the repository
     assert not [n for n in names if n.startswith("tests/")]
     assert "forgetting/cli.py" in names and "forgetting/py.typed" in names

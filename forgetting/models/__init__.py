@@ -69,7 +69,7 @@ def output_vocabulary(name_or_path: str = "tiny", *, trust_remote_code: bool = F
     return int(config.get_text_config().vocab_size)
 
 
-def _model_folder(name_or_path: str) -> Path | None:
+def model_folder(name_or_path: str) -> Path | None:
     """The local folder that holds the model's files: the embedded model's, a local folder, or a hub
     id's snapshot in the Hugging Face cache (never downloaded here); ``None`` where there is none."""
     if name_or_path in EMBEDDED_MODELS:
@@ -90,7 +90,7 @@ def model_fingerprint(name_or_path: str = "tiny") -> dict[str, Any]:
     """Which weights a run starts from: ``{"name", "source", "weights_sha256"}``, ``source`` the folder
     the files were read from and ``weights_sha256`` the sha256 over the names and bytes of its weight
     files (:data:`WEIGHT_SUFFIXES`, in name order), ``None`` where no local folder holds them."""
-    folder = _model_folder(name_or_path)
+    folder = model_folder(name_or_path)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if folder else []
     if not files:
         return {"name": name_or_path, "source": str(folder) if folder else name_or_path, "weights_sha256": None}

@@ -2,8 +2,8 @@
 
 - A run of a spec lives in ``<cache>/runs/<run name>`` (``$FORGETTING_CACHE``, default
   ``~/.cache/forgetting``), or in ``data/results/<run name>`` when published there (tables only, no
-  weights). The run name ``<spec name>-<spec hash>-<code fingerprint>`` changes with the spec and with
-  the training code (:data:`forgetting.runs.fingerprint.RUN_CODE`), so a run is never reused with
+  weights). The run name ``<spec name>-<run key>-<code fingerprint>`` changes with the spec (and the
+  weights and dataset rows it reads, :mod:`forgetting.runs.keys`) and with the training code (:data:`forgetting.runs.fingerprint.RUN_CODE`), so a run is never reused with
   numbers the current code would not produce; where a change of the training code is verified to
   reproduce the published runs bit for bit, they keep their names (:mod:`forgetting.runs.equivalence`).
 - A *product* of a run (the mechanism report in ``analysis/``, the dynamics table) is stored beside it
@@ -35,15 +35,18 @@ from forgetting.files import atomic_write_json, read_json
 from forgetting.runs.checksums import check_files, check_outputs, extend_record, record_outputs
 from forgetting.runs.equivalence import run_code_label
 from forgetting.runs.integrity import check_pairing, weights_digest
+from forgetting.runs.keys import run_key
 from forgetting.runs.layout import RunLayout
 from forgetting.spec import ExperimentSpec
 
 
 def run_name(spec: ExperimentSpec) -> str:
-    """``<spec name>-<spec hash>-<code fingerprint>``: the folder name of a cached run. The fingerprint
-    is the training code's, or the published code's where the current code is verified to reproduce
-    it bit for bit (:func:`forgetting.runs.equivalence.run_code_label`)."""
-    return f"{spec.name}-{spec.hash()}-{run_code_label()}"
+    """``<spec name>-<run key>-<code fingerprint>``: the folder name of a cached run. The run key is the
+    spec hash, combined with the model's weights and the dataset tasks' rows where they are not the
+    published ones (:func:`forgetting.runs.keys.run_key`); the fingerprint is the training code's, or
+    the published code's where the current code is verified to reproduce it bit for bit
+    (:func:`forgetting.runs.equivalence.run_code_label`)."""
+    return f"{spec.name}-{run_key(spec)}-{run_code_label()}"
 
 
 def published_dir(spec: ExperimentSpec) -> Path:

@@ -4,7 +4,7 @@ Two kinds of files live in a run folder, and each kind keeps its checksums where
 them current:
 
 - **The run's own files**, written by the training run and never rewritten by anything else: its
-  ``manifest.json``, ``state.json``, ``evals.parquet``, ``train_log.parquet``, ``reference.parquet``,
+  ``manifest.json``, ``tasks.json``, ``state.json``, ``evals.parquet``, ``train_log.parquet``, ``reference.parquet``,
   ``weights.json``, every snapshot under ``snapshots/`` and every null snapshot under ``nulls/``.
   ``DIR/checksums.json`` holds the size in bytes and the sha256 of each::
 
@@ -40,6 +40,7 @@ from forgetting.runs.layout import (
     REFERENCE,
     SNAPSHOTS,
     STATE,
+    TASKS,
     TRAIN_LOG,
     WEIGHTS_RECORD,
 )
@@ -47,7 +48,7 @@ from forgetting.runs.layout import (
 CHECKSUMS = "checksums.json"
 FORMAT = 1
 OUTPUTS = "outputs_sha256"  # the key of a product manifest's checksums
-_RUN_FILES = (MANIFEST, STATE, EVALS, TRAIN_LOG, REFERENCE, WEIGHTS_RECORD)  # top-level files of the run itself
+_RUN_FILES = (MANIFEST, TASKS, STATE, EVALS, TRAIN_LOG, REFERENCE, WEIGHTS_RECORD)  # top-level files of the run itself
 _RUN_FOLDERS = (SNAPSHOTS, NULLS)  # every file below these
 
 

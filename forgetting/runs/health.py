@@ -1,8 +1,10 @@
 """Did a run train a working model? Divergence read from its train log and evaluations.
 
-A run whose optimizer diverged still writes complete tables; its "forgetting" then measures a broken
-model. The trainer stops on a non-finite loss; :func:`run_problems` reads a finished run's tables and
-names what else went wrong. For each stage with ``n`` logged steps, the loss is smoothed by a running
+A run whose optimizer diverged would still write complete tables, and its "forgetting" would then
+measure a broken model. The trainer stops on a non-finite loss; :class:`BlowUpGuard` applies the
+blow-up rule below *while* a stage trains and stops it at the first step that breaks it (the same
+running mean, computed online: a run it stops is exactly a run :func:`run_problems` would flag);
+:func:`run_problems` reads a run's tables afterwards and names everything that went wrong. For each stage with ``n`` logged steps, the loss is smoothed by a running
 mean over ``k = max(3, ceil(n / 10))`` steps, ``L_before`` is the evaluated loss of the stage's task
 before the stage (the end of the previous stage; the base model for stage 1) and ``ln V`` the loss of a
 uniform output over the model's ``V`` logits:
@@ -30,6 +32,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from forgetting.errors import TrainingDiverged
+from forgetting.hooks import TaskContext, TrainingHook
 from forgetting.models import output_vocabulary
 
 BLOW_UP = 2.0  # x max(L_before, ln V)
@@ -49,15 +53,47 @@ def stage_problems(loss: np.ndarray, vocab: int | None, loss_before: float | Non
     if not np.isfinite(loss).all():
         return [f"its loss became non-finite at logged step {int(np.argmin(np.isfinite(loss)))}"]
     k = _window(loss.size)
-    uniform = math.log(vocab) if vocab else 0.0  # vocab unknown: the loss before the stage alone
     before = loss[:k].mean() if loss_before is None or not math.isfinite(loss_before) else loss_before
     smoothed = pd.Series(loss).rolling(k, min_periods=1).mean().to_numpy()
-    limit = BLOW_UP * max(before, uniform)
-    if smoothed.max() > limit:
-        guess = f", ln({vocab}) = {uniform:.2f}" if vocab else ""
-        return [f"its loss (a running mean over {k} steps) rose to {smoothed.max():.1f} nats, above "
-                f"{BLOW_UP:g} x max(its loss before the stage {before:.2f}{guess}) = {limit:.1f}"]
-    return []
+    limit = _limit(before, vocab)
+    return [_blow_up(k, smoothed.max(), before, vocab, limit)] if smoothed.max() > limit else []
+
+
+def _limit(before: float, vocab: int | None) -> float:
+    """``2 x max(L_before, ln V)`` (``ln V`` taken as 0 when the vocabulary is unknown)."""
+    return BLOW_UP * max(before, math.log(vocab) if vocab else 0.0)
+
+
+def _blow_up(k: int, smoothed: float, before: float, vocab: int | None, limit: float) -> str:
+    guess = f", ln({vocab}) = {math.log(vocab):.2f}" if vocab else ""
+    return (f"its loss (a running mean over {k} steps) rose to {smoothed:.1f} nats, above "
+            f"{BLOW_UP:g} x max(its loss before the stage {before:.2f}{guess}) = {limit:.1f}")
+
+
+class BlowUpGuard(TrainingHook):
+    """Stops a stage at the first step whose running-mean loss breaks the blow-up rule (module docstring).
+
+    ``steps``: the stage's planned steps (the window ``k = max(3, ceil(steps / 10))``); ``vocab``: the
+    model's output vocabulary; ``loss_before``: the task's evaluated loss before the stage (``None``:
+    the mean of the stage's first ``k`` losses, so nothing is judged before step ``k``). Raises
+    :class:`~forgetting.errors.TrainingDiverged` from ``after_step``; ``hint`` ends its message."""
+
+    def __init__(self, steps: int, vocab: int | None, loss_before: float | None, hint: str = ""):
+        self.k, self.vocab, self.before, self.hint = _window(steps), vocab, loss_before, hint
+        self.losses: list[float] = []
+
+    def after_step(self, ctx: TaskContext) -> None:
+        self.losses.append(ctx.loss)
+        before = self.before
+        if before is None or not math.isfinite(before):
+            if len(self.losses) < self.k:
+                return
+            before = float(np.mean(self.losses[: self.k]))
+        smoothed, limit = float(np.mean(self.losses[-self.k:])), _limit(before, self.vocab)
+        if smoothed > limit:
+            raise TrainingDiverged(
+                f"stage {ctx.stage} ({ctx.task_name}) stopped at step {ctx.step} of {ctx.steps}: "
+                + _blow_up(self.k, smoothed, before, self.vocab, limit) + (f"; {self.hint}" if self.hint else ""))
 
 
 def _loss_before(evals: pd.DataFrame, stage: int, task: str) -> float | None:
@@ -96,10 +132,13 @@ def check_health(run) -> list[str]:
     return run_problems(run.train_log, run.evals, vocab)
 
 
+def optimizer_advice(lr: float, max_grad_norm: float | None) -> str:
+    """What to change in the optimizer after a divergence: with clipping on, only the learning rate helps."""
+    if max_grad_norm is not None:
+        return f"gradient clipping is already on (optimizer.max_grad_norm: {max_grad_norm:g}), so lower optimizer.lr (now {lr:g})"
+    return f"lower optimizer.lr (now {lr:g}) or set optimizer.max_grad_norm (e.g. 1.0)"
+
+
 def hint(spec) -> str:
     """What to change in ``spec`` after a divergence, in the words of its fields."""
-    opt = spec.optimizer
-    clip = (f"gradient clipping is already on (optimizer.max_grad_norm: {opt.max_grad_norm:g}), so lower "
-            f"optimizer.lr (now {opt.lr:g})" if opt.max_grad_norm is not None else
-            f"lower optimizer.lr (now {opt.lr:g}) or set optimizer.max_grad_norm (e.g. 1.0)")
-    return clip + "; and check the base model's evaluation"
+    return optimizer_advice(spec.optimizer.lr, spec.optimizer.max_grad_norm) + "; and check the base model's evaluation"

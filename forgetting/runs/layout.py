@@ -3,6 +3,7 @@
 A run folder ``DIR`` (written by ``forgetting run SPEC --out DIR``)::
 
     DIR/manifest.json          spec, spec hash, seed, tasks, provenance (package version, git commit, created_at)
+    DIR/tasks.json             every task's examples, source and sha256 (forgetting.tasks.records): the run's own copy
     DIR/state.json             completed stages and snapshot labels, in order (drives resume)
     DIR/evals.parquet          long-format evaluations (see forgetting.evaluate.EVAL_COLUMNS)
     DIR/train_log.parquet      step, stage, task, loss, learning rate
@@ -28,6 +29,7 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 STATE = "state.json"
+TASKS = "tasks.json"
 EVALS = "evals.parquet"
 TRAIN_LOG = "train_log.parquet"
 REFERENCE = "reference.parquet"
@@ -43,7 +45,7 @@ CAUSAL_MANIFEST = "causal.json"
 WEIGHTS_RECORD = "weights.json"  # the checksums of the snapshots a published copy's tables were computed from
 
 #: The files a published copy of a run holds, where the run has them (tables, never weights).
-TABLE_FILES = (MANIFEST, STATE, EVALS, TRAIN_LOG, REFERENCE, DYNAMICS, DYNAMICS_MANIFEST, CAUSAL, CAUSAL_MANIFEST,
+TABLE_FILES = (MANIFEST, TASKS, STATE, EVALS, TRAIN_LOG, REFERENCE, DYNAMICS, DYNAMICS_MANIFEST, CAUSAL, CAUSAL_MANIFEST,
                WEIGHTS_RECORD)
 TABLE_DIRS = (ANALYSIS,)
 #: Glob patterns of further tables a run folder may hold, one file per argument (sweep alignment per n).
@@ -72,6 +74,10 @@ class RunLayout:
     @property
     def state(self) -> Path:
         return self.root / STATE
+
+    @property
+    def tasks(self) -> Path:
+        return self.root / TASKS
 
     @property
     def evals(self) -> Path:

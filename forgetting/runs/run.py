@@ -17,21 +17,25 @@ A snapshot is named by its stage (the end-of-stage snapshot) or by its label.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from forgetting.errors import SpecError
+from forgetting.errors import DamagedFile, SpecError
 from forgetting.evaluate import PreparedTask, prepare_task
-from forgetting.files import read_json
+from forgetting.files import atomic_write_bytes, read_json
 from forgetting.models import load_model
 from forgetting.models.finetune import prepare_model
 from forgetting.runs.layout import RunLayout, snapshot_label
 from forgetting.runs.snapshots import is_snapshot, load_snapshot_state, restore_snapshot, snapshot_meta
 from forgetting.spec import ExperimentSpec, parse_spec, stage_seed
-from forgetting.tasks.families import make_task
+from forgetting.tasks.encoding import example_length
+from forgetting.tasks.families import Task, make_task
+from forgetting.tasks.hf import task_from_entry
+from forgetting.tasks.records import task_from_record, tasks_document
 
 #: A snapshot, named by the number of the stage whose end it marks or by its label.
 SnapshotRef = int | str
@@ -44,13 +48,56 @@ def model_for_spec(spec: ExperimentSpec):
     return prepare_model(model, spec.finetune.method, spec.finetune, stage_seed(spec.seed, 0)), tokenizer
 
 
+def build_tasks(spec: ExperimentSpec, tokenizer=None) -> list[tuple[Task, dict]]:
+    """``(task, source)`` of each of the spec's tasks, in sequence order: a registered task
+    (:func:`~forgetting.tasks.families.make_task`) or one defined under ``tasks:`` from a dataset
+    (:func:`~forgetting.tasks.hf.task_from_entry`; with ``tokenizer``, rows longer than the entry's
+    ``max_length`` tokens are dropped). Raises one :class:`~forgetting.errors.SpecError` naming every
+    dataset task that cannot be made (a missing folder, split or column), before any work starts."""
+    d, built, problems = spec.data, [], []
+    for name in spec.task_list():
+        entry = spec.tasks.get(name)
+        if entry is None:
+            task = make_task(name, n_train=d.n_train, n_eval=d.n_eval, seed=d.task_seed)
+            built.append((task, {"kind": "registered", "task_seed": d.task_seed}))
+            continue
+        fits = None
+        if entry.max_length is not None and tokenizer is not None:
+            fits = lambda ex, limit=entry.max_length: example_length(tokenizer, ex) <= limit  # noqa: E731
+        try:
+            built.append(task_from_entry(name, entry, n_train=entry.n_train or d.n_train,
+                                         n_eval=entry.n_eval or d.n_eval, seed=d.task_seed, fits=fits))
+        except SpecError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise SpecError("tasks", f"{len(problems)} problems: " + "; ".join(map(str, problems)))
+    return built
+
+
 def tasks_for_spec(spec: ExperimentSpec, tokenizer) -> list[PreparedTask]:
-    """The spec's tasks, in sequence order, sampled and encoded for ``tokenizer``."""
-    d = spec.data
-    return [
-        prepare_task(make_task(name, n_train=d.n_train, n_eval=d.n_eval, seed=d.task_seed), tokenizer)
-        for name in spec.task_list()
-    ]
+    """The spec's tasks, in sequence order, sampled and encoded for ``tokenizer`` (:func:`build_tasks`)."""
+    return [prepare_task(task, tokenizer) for task, _ in build_tasks(spec, tokenizer)]
+
+
+def write_tasks(layout: RunLayout, records: list[dict]) -> Path:
+    """Write the run's ``tasks.json`` (:func:`forgetting.tasks.records.tasks_document`, compact JSON)."""
+    text = json.dumps(tasks_document(records), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    atomic_write_bytes(layout.tasks, (text + "\n").encode())
+    return layout.tasks
+
+
+def stored_tasks(layout: RunLayout) -> list[Task] | None:
+    """The tasks a run folder stores (``tasks.json``), in sequence order; ``None`` for a folder without
+    one (a run made before runs kept their tasks: its tasks are re-made from the spec)."""
+    if not layout.tasks.is_file():
+        return None
+    document = read_json(layout.tasks)
+    try:
+        return [task_from_record(record) for record in document["tasks"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DamagedFile(layout.tasks, f"is not a task record ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -212,8 +259,12 @@ class Run:
 
     @functools.cached_property
     def tasks(self) -> list[PreparedTask]:
-        """The spec's tasks, encoded with the run's tokenizer, in sequence order."""
-        return tasks_for_spec(self.spec, self.tokenizer)
+        """The run's tasks, encoded with the run's tokenizer, in sequence order: the examples the run
+        stored (``tasks.json``), or for an older run without them, the spec's tasks made again."""
+        stored = stored_tasks(self.layout)
+        if stored is None:
+            return tasks_for_spec(self.spec, self.tokenizer)
+        return [prepare_task(task, self.tokenizer) for task in stored]
 
     def task(self, name: str) -> PreparedTask:
         for t in self.tasks:

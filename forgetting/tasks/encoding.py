@@ -76,6 +76,12 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def example_length(tokenizer, example: Example) -> int:
+    """The number of tokens ``example`` encodes to: ``[bos] prompt " "+target eos`` (as :func:`encode_examples`)."""
+    bos = 1 if tokenizer.bos_token_id is not None else 0
+    return bos + len(_ids(tokenizer, example.prompt)) + len(_ids(tokenizer, " " + example.target)) + 1
+
+
 def encode_examples(tokenizer, examples: Sequence[Example], max_length: int | None = None) -> EncodedExamples:
     """Encode ``examples`` with ``tokenizer``; raises ``ValueError`` if one exceeds ``max_length``."""
     if not examples:

@@ -22,6 +22,7 @@ from transformers import get_scheduler
 
 from forgetting.errors import TrainingDiverged
 from forgetting.hooks import Hooks, TaskContext, TrainingHook
+from forgetting.runs.health import optimizer_advice
 from forgetting.tasks.encoding import IGNORE_INDEX, EncodedExamples
 from forgetting.train.batches import batch_indices, shard
 
@@ -122,10 +123,8 @@ def train_task(
         loss = float(accelerator.reduce(local_sum, reduction="sum")) / n_tokens
         if not math.isfinite(loss):
             optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(
-                f"task {task_name!r}, step {step}: the loss became {loss}; lower optimizer.lr "
-                f"(now {optim.lr}) or set optimizer.max_grad_norm. Completed tasks are kept."
-            )
+            raise TrainingDiverged(f"task {task_name!r}, step {step}: the loss became {loss}; "
+                                   f"{optimizer_advice(optim.lr, optim.max_grad_norm)}. Completed tasks are kept.")
         hook.after_backward(ctx)
         if optim.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(trainable, optim.max_grad_norm)

@@ -20,21 +20,25 @@ from pathlib import Path
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from forgetting import mitigations, paths
-from forgetting.errors import SpecError
-from forgetting.evaluate import PreparedTask, check_fits, evaluation_rows
+from forgetting.errors import SpecError, TrainingDiverged
+from forgetting.evaluate import PreparedTask, check_fits, evaluation_rows, prepare_task
 from forgetting.files import atomic_write_json, atomic_write_table, provenance, read_json
 from forgetting.hooks import TaskContext, TrainingHook
 from forgetting.models import EMBEDDED_MODELS, model_fingerprint
 from forgetting.models.embedded import RECIPES, encode_corpus, encoded_corpus_loss, heldout_documents
 from forgetting.runs.cache import cache_twin, has_weights
+from forgetting.runs.health import BlowUpGuard
+from forgetting.runs.health import hint as divergence_hint
 from forgetting.runs.layout import RunLayout, snapshot_label
-from forgetting.runs.run import Run, model_for_spec, tasks_for_spec
+from forgetting.runs.run import Run, build_tasks, model_for_spec, stored_tasks, write_tasks
 from forgetting.runs.snapshots import restore_snapshot, save_snapshot
 from forgetting.spec import ExperimentSpec, stage_seed
 from forgetting.tasks.encoding import concat_examples
+from forgetting.tasks.records import examples_sha256, task_record
 from forgetting.train.loop import OptimConfig, train_task
 
 
@@ -97,13 +101,18 @@ def _snapshot(ctx: RunContext, stage: int, task: str, step: int, end: bool) -> s
     return label
 
 
-def _commit_stage(ctx: RunContext, state: dict, stage: int, labels: list[str]) -> None:
-    """Make a stage durable: tables first, then ``state.json`` (the resume point)."""
-    ctx.accelerator.wait_for_everyone()
+def _write_tables(ctx: RunContext) -> None:
     if ctx.main:
         atomic_write_table(ctx.layout.evals, pd.DataFrame(ctx.evals))
         if ctx.train_log:
             atomic_write_table(ctx.layout.train_log, pd.DataFrame(ctx.train_log))
+
+
+def _commit_stage(ctx: RunContext, state: dict, stage: int, labels: list[str]) -> None:
+    """Make a stage durable: tables first, then ``state.json`` (the resume point)."""
+    ctx.accelerator.wait_for_everyone()
+    _write_tables(ctx)
+    if ctx.main:
         state["completed_stages"] = stage
         state["snapshots"] = state.get("snapshots", []) + labels
         atomic_write_json(ctx.layout.state, state)
@@ -130,23 +139,51 @@ class _StageRecorder(TrainingHook):
             self.labels.append(_snapshot(ctx, self.stage, name, g, end=False))
 
 
+def _loss_before(ctx: RunContext, stage: int, task: str) -> float | None:
+    """The stage's task's evaluated loss at the end of the previous stage (the base model for stage 1)."""
+    values = [r["value"] for r in ctx.evals if r["stage"] == stage - 1 and r["end_of_stage"]
+              and r["task"] == task and r["metric"] == "loss"]
+    return sum(values) / len(values) if values else None
+
+
 def _run_stage(ctx: RunContext, state: dict, stage: int, global_step: int, bar) -> int:
     spec, task = ctx.spec, ctx.tasks[stage - 1]
     steps = steps_per_task(spec, len(task.train))
     torch.manual_seed(stage_seed(spec.seed, stage))
     recorder = _StageRecorder(ctx, stage, global_step, steps, bar)
+    vocab = ctx.accelerator.unwrap_model(ctx.model).config.get_text_config().vocab_size
+    guard = BlowUpGuard(steps, vocab, _loss_before(ctx, stage, task.name), hint=divergence_hint(spec))
     earlier = {t.name: t.train for t in ctx.tasks[: stage - 1]}
-    train_task(
-        ctx.model, task.train, steps=steps, batch_size=spec.batch_size, grad_accum=spec.grad_accum,
-        optim=OptimConfig.from_spec(spec.optimizer), seed=stage_seed(spec.seed, stage), accelerator=ctx.accelerator,
-        hooks=[ctx.mitigation, recorder], task_name=task.name, stage=stage, earlier=earlier,
-    )
+    try:
+        train_task(
+            ctx.model, task.train, steps=steps, batch_size=spec.batch_size, grad_accum=spec.grad_accum,
+            optim=OptimConfig.from_spec(spec.optimizer), seed=stage_seed(spec.seed, stage),
+            accelerator=ctx.accelerator, hooks=[ctx.mitigation, recorder, guard], task_name=task.name, stage=stage,
+            earlier=earlier,
+        )
+    except TrainingDiverged as exc:
+        _write_tables(ctx)  # the stopped stage's losses, to read with `forgetting show`; state.json is not moved
+        kept = "the base model's evaluation is" if stage == 1 else f"stages 1 to {stage - 1} are"
+        raise TrainingDiverged(f"{exc}. {kept.capitalize()} complete and kept in {ctx.layout.root}; resuming "
+                               "would repeat the same steps, so change the spec and run into a new folder") from None
     labels = recorder.labels
     global_step += steps
     _evaluate(ctx, stage, task.name, global_step, end=True)
     labels.append(_snapshot(ctx, stage, task.name, global_step, end=True))
     _commit_stage(ctx, state, stage, labels)
     return global_step
+
+
+def _check_base(ctx: RunContext) -> None:
+    """Refuse to train a model whose evaluation before any training has a non-finite loss."""
+    bad = sorted({r["task"] for r in ctx.evals if r["stage"] == 0 and r["metric"] == "loss"
+                  and not math.isfinite(float(r["value"]))})  # only the main process evaluates: share its verdict
+    if ctx.accelerator.num_processes > 1:
+        bad = broadcast_object_list([bad])[0]
+    if bad:
+        raise TrainingDiverged(
+            f"the base model's loss on {', '.join(bad)} is not finite before any training: the model's weights "
+            f"or its tokenizer are broken ({ctx.spec.model!r}); nothing was trained")
 
 
 def check_out_dir(spec: ExperimentSpec, out: Path) -> dict:
@@ -224,19 +261,24 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = Tr
         raise SpecError("batch_size", f"{spec.batch_size} must split into grad_accum x {accelerator.num_processes} processes")
     mitigation = mitigation_hook(spec)  # a bad mitigation option fails here, before the model is loaded
     model, tokenizer = model_for_spec(spec)
-    tasks = tasks_for_spec(spec, tokenizer)
+    layout = RunLayout(out)
+    stored = stored_tasks(layout)  # a resumed run goes on with the examples it began with
+    built = build_tasks(spec, tokenizer) if stored is None else [(t, None) for t in stored]
+    tasks = [prepare_task(task, tokenizer) for task, _ in built]
     check_fits(model, tasks)  # an example longer than the model's positions fails here, before anything is written
     model = accelerator.prepare_model(model)
-    layout = RunLayout(out)
     ctx = RunContext(spec, layout, model, tokenizer, tasks, accelerator, _heldout_batches(spec, tokenizer), mitigation)
     if ctx.main and not layout.manifest.is_file():
         out.mkdir(parents=True, exist_ok=True)
         manifest = {
             "spec": spec.model_dump(mode="json"), "spec_hash": spec.hash(), "seed": spec.seed,
             "tasks": [t.name for t in tasks], "num_processes": accelerator.num_processes,
+            "task_sources": {t.name: {**(src or {}), "sha256": examples_sha256(t)} for t, src in built},
             "model": model_fingerprint(spec.model), **provenance(),
         }
         atomic_write_json(layout.manifest, manifest)
+    if ctx.main and stored is None:
+        write_tasks(layout, [task_record(task, source) for task, source in built])
     completed = state.get("completed_stages", -1)
     _load_tables(ctx, completed)
     if completed >= 0:
@@ -247,6 +289,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, progress: bool = Tr
     bar = tqdm(total=total, initial=done_steps, desc=spec.name, disable=not progress or paths.quiet() or not ctx.main)
     if completed < 0:
         _evaluate(ctx, 0, "base", 0, end=True)
+        _check_base(ctx)
         _commit_stage(ctx, state, 0, [_snapshot(ctx, 0, "base", 0, end=True)])
         completed = 0
     global_step = done_steps

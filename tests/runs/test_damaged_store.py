@@ -21,7 +21,7 @@ from forgetting.runs.checksums import CHECKSUMS, OUTPUTS, damaged_files, read_re
 from tests.conftest import small_spec
 
 FILES = ("snapshots/{first}/weights.safetensors", "snapshots/{first}/meta.json", "evals.parquet",
-         "train_log.parquet", "state.json", "manifest.json")
+         "train_log.parquet", "state.json", "manifest.json", "tasks.json")
 DAMAGES = ("missing", "truncated", "altered")
 COMMANDS = ("show", "analyze", "run")
 

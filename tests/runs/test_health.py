@@ -3,6 +3,7 @@ alarm on any published run, and a real diverged run through the command line."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,7 +14,8 @@ import yaml
 from forgetting import paths
 from forgetting.cli import main
 from forgetting.runs import Run
-from forgetting.runs.health import check_health, run_problems, stage_problems
+from forgetting.errors import TrainingDiverged
+from forgetting.runs.health import BlowUpGuard, check_health, run_problems, stage_problems
 from tests.conftest import small_spec
 
 V = 359  # the embedded tiny model's output vocabulary: ln V = 5.88
@@ -58,17 +60,74 @@ def diverged(tmp_path_factory):
     return spec, tmp / "run"
 
 
-def test_a_diverged_run_ends_with_exit_1_and_show_and_analyze_say_why(diverged, capsys):
+def test_a_diverged_run_stops_during_its_stage_with_exit_1_and_show_and_analyze_say_why(diverged, capsys):
     spec, run = diverged
     assert main(["run", str(spec), "--out", str(run), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "the run is complete, but its training diverged: stage 1 (recall_city): its loss" in err
+    assert "stage 1 (recall_city) stopped at step 5 of 20: its loss (a running mean over 3 steps) rose to" in err
     assert "gradient clipping is already on (optimizer.max_grad_norm: 1), so lower optimizer.lr (now 1)" in err
+    assert "resuming would repeat the same steps, so change the spec and run into a new folder" in err
+    log = pd.read_parquet(run / "train_log.parquet")
+    assert log["step"].tolist() == [1, 2, 3, 4, 5]  # stopped at once: 15 steps of a broken model not trained
+    assert json.loads((run / "state.json").read_text())["completed_stages"] == 0
     assert main(["show", str(run)]) == 0
-    assert "warning: training diverged: stage 1 (recall_city)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "warning: training diverged: stage 1 (recall_city)" in out
+    assert "only the base model's evaluation is complete" in out and "base " in out
     assert main(["analyze", str(run), "--examples", "4", "--quiet"]) == 1
     assert "training diverged" in capsys.readouterr().err
     assert not (run / "analysis").exists()
+
+
+class _Step:
+    """What BlowUpGuard reads of a training hook's context."""
+
+    def __init__(self, loss, step, steps=10):
+        self.loss, self.step, self.steps, self.stage, self.task_name = loss, step, steps, 1, "a"
+
+
+@pytest.mark.parametrize("losses, before", [
+    ([12.0, 10, 8, 30, 6, 5, 4, 3, 2, 1], 12.0),   # one noisy batch: not flagged
+    ([12.0, 20, 40, 60, 50, 30, 10, 5, 4, 3], 12.0),  # a blow-up: flagged
+    ([11.0] * 10, 1.0), ([12.0] * 10, 1.0),       # under and over 2 ln V
+    ([5.0, 4, 3, 30, 40, 2, 1, 1, 1, 1], None),   # no loss before: the first k steps stand in
+])
+def test_the_guard_stops_exactly_the_stages_the_rule_flags(losses, before):
+    """The online guard and the rule on the finished table agree; the guard stops at the first step
+    whose running mean breaks the limit."""
+    guard = BlowUpGuard(len(losses), V, before)
+    stopped = None
+    for step, loss in enumerate(losses, 1):
+        try:
+            guard.after_step(_Step(loss, step))
+        except TrainingDiverged:
+            stopped = step
+            break
+    assert (stopped is not None) == bool(stage_problems(np.array(losses), V, before))
+    if stopped is not None:  # the step is the first at which the running mean passes the limit
+        k = 3
+        means = pd.Series(losses).rolling(k, min_periods=1).mean()
+        limit = 2 * max(before if before is not None else np.mean(losses[:k]), math.log(V))
+        assert stopped == int((means > limit).to_numpy().argmax()) + 1
+
+
+def test_a_base_model_with_a_non_finite_loss_is_not_trained(tmp_path, monkeypatch):
+    import torch
+
+    from forgetting.spec import parse_spec
+    from forgetting.train import sequence as seq
+
+    real = seq.model_for_spec
+
+    def broken(spec):
+        model, tokenizer = real(spec)
+        torch.nn.init.constant_(model.get_output_embeddings().weight, float("nan"))
+        return model, tokenizer
+
+    monkeypatch.setattr(seq, "model_for_spec", broken)
+    with pytest.raises(TrainingDiverged, match=r"the base model's loss on .* is not finite before any training"):
+        seq.run_experiment(parse_spec(small_spec()), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "state.json").exists()  # nothing committed, nothing trained
 
 
 def test_a_healthy_run_is_not_flagged(tmp_path, capsys):
