@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: book test setup pretrain results verify-results clean-book vendor chromium sync-notebooks colab-notebooks
+.PHONY: book test setup pretrain results front verify-results clean-book vendor chromium sync-notebooks colab-notebooks
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ colab-notebooks: book
 
 results: setup pretrain
 	$(BIN)/forgetting results --profile full
+
+# The mitigation front (forgetting.sweep.front): 365 runs in two processes, about 2 hours on 2 cores; resumable.
+front: setup
+	$(BIN)/forgetting results --front --worker 0 --workers 2 --quiet & \
+	$(BIN)/forgetting results --front --worker 1 --workers 2 --quiet; wait
 
 # After a change to the training code: re-train one published run per family and, when all are identical
 # bit for bit, record that the published runs stand for the new code (forgetting.reproduce); minutes, not hours.

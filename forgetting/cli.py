@@ -164,6 +164,12 @@ def _cmd_results(args: argparse.Namespace) -> int:
     from forgetting.ledger.rules import uncommitted_rules  # deferred
     from forgetting.publish import make_results  # deferred
 
+    if args.front:  # the mitigation front: its runs' tables, judged later by the committed ledger rules
+        from forgetting.publish import publish_front  # deferred
+
+        for folder in publish_front(args.worker, args.workers, progress=not args.quiet):
+            print(f"published {folder}")
+        return 0
     refused = uncommitted_rules()
     if refused:  # before any work: a ledger is only published under rules committed before its results
         raise SpecError("ledger rules", f"{refused}; `forgetting results` publishes a ledger only under "
@@ -329,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "Run every seed of a profile and store the runs with provenance in data/results/.")
     results.add_argument("--profile", default="full", choices=["quick", "full"], help="profile (default: full)")
     results.add_argument("--quiet", action="store_true", help="no progress bar")
+    results.add_argument("--front", action="store_true", help="the mitigation front (forgetting.sweep.front) instead")
+    results.add_argument("--worker", type=int, default=0, help="with --front: this process's share, 0 .. workers-1")
+    results.add_argument("--workers", type=int, default=1, help="with --front: how many processes share the runs")
     results.set_defaults(func=_cmd_results)
 
     tasks = sub.add_parser("tasks", help="list tasks and named sequences", description="List tasks and sequences.")

@@ -28,7 +28,16 @@ from typing import Any
 
 import torch
 
-from forgetting.tasks.encoding import EncodedExamples
+from forgetting.tasks.encoding import IGNORE_INDEX, EncodedExamples
+
+
+def target_loss_sum(model, batch: EncodedExamples, device) -> torch.Tensor:
+    """Sum of next-token cross-entropy over the target tokens of ``batch`` (a 0-d tensor): the training
+    loop's loss (divided by the step's target tokens), and what a hook that needs a second pass recomputes."""
+    logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), batch.labels[:, 1:].to(device), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
 @dataclass

@@ -20,18 +20,21 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from forgetting import paths
 from forgetting.analysis import analysis_for
 from forgetting.causal import causal_for
 from forgetting.dynamics import dynamics_for, dynamics_spec
 from forgetting.errors import SpecError
-from forgetting.files import atomic_dir
+from forgetting.files import atomic_dir, read_json
 from forgetting.profiles import experiment_spec, seeds
 from forgetting.runs import RunLayout, cache_twin, has_weights, run_name
 from forgetting.runs.integrity import read_weights_record, write_weights_record
-from forgetting.runs.layout import TABLE_DIRS, TABLE_FILES, TABLE_PATTERNS
+from forgetting.runs.cache import published_dir
+from forgetting.runs.layout import TABLE_DIRS, TABLE_FILES, TABLE_PATTERNS, TASKS
 from forgetting.sweep import sweep_alignment, sweep_table
+from forgetting.sweep.front import SEEDS, front_runs
 from forgetting.train import run_experiment
 
 
@@ -44,8 +47,11 @@ def publish_run(run_dir: str | Path, results_dir: str | Path | None = None) -> P
     if not RunLayout(run_dir).state.is_file():
         raise SpecError("run_dir", f"{run_dir} is not a finished run folder (no state file)")
     target = Path(results_dir or paths.DATA_DIR / "results") / run_dir.name
+    registered_only = _registered_tasks_only(run_dir)
     with atomic_dir(target) as staging:
         for name in TABLE_FILES:
+            if name == TASKS and registered_only:
+                continue  # the code re-makes them, and the manifest's sha256 checks it did (Run.tasks)
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, staging / name)
         for name in TABLE_DIRS:
@@ -57,6 +63,27 @@ def publish_run(run_dir: str | Path, results_dir: str | Path | None = None) -> P
         if has_weights(run_dir):
             write_weights_record(run_dir, staging)
     return target
+
+
+def _registered_tasks_only(run_dir: Path) -> bool:
+    sources = read_json(RunLayout(run_dir).manifest).get("task_sources")
+    return bool(sources) and all(src.get("kind") == "registered" for src in sources.values())
+
+
+def publish_front(worker: int = 0, workers: int = 1, *, seeds=SEEDS, methods=None, progress: bool = True) -> list[Path]:
+    """Run the mitigation front's runs (:func:`forgetting.sweep.front.front_runs`) numbered ``worker``
+    modulo ``workers`` in the cache and publish their tables; runs already published are skipped, so
+    ``workers`` processes started with ``worker = 0 .. workers-1`` share the work and any can be resumed."""
+    if not 0 <= worker < workers:
+        raise SpecError("--worker", f"{worker} not allowed; allowed: 0 to {workers - 1} (--workers {workers})")
+    published = []
+    mine = [run for i, run in enumerate(front_runs(seeds, methods)) if i % workers == worker]
+    for method, strength, seed, spec in tqdm(mine, desc=f"front {worker + 1}/{workers}", disable=not progress or paths.quiet()):
+        if RunLayout(published_dir(spec)).state.is_file():
+            continue
+        folder = run_experiment(spec, cache_twin(run_name(spec)), progress=False)
+        published.append(publish_run(folder))
+    return published
 
 
 def record_published_weights(results_dir: str | Path | None = None) -> dict[str, str]:

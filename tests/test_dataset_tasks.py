@@ -265,3 +265,32 @@ def test_the_shipped_weights_record_is_of_the_shipped_models():
     recorded = shipped_weights()
     assert set(recorded) == {"tiny", "tiny-moe"}
     assert all(model_fingerprint(name)["weights_sha256"] == sha for name, sha in recorded.items())
+
+
+def test_a_published_copy_of_registered_tasks_re_makes_them_and_checks_their_sha256(tmp_path):
+    from forgetting.publish import publish_run
+
+    assert main(["run", _spec_file(tmp_path, small_spec()), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    published = publish_run(tmp_path / "run", tmp_path / "results")
+    assert not (published / "tasks.json").exists()  # registered tasks: the code re-makes them
+    assert [t.name for t in Run.open(published).tasks] == ["recall_city", "update_city"]
+    manifest = json.loads((published / "manifest.json").read_text())
+    manifest["task_sources"]["update_city"]["sha256"] = "0" * 64  # as if the task code had changed since
+    (published / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SpecError, match="update_city made again by this code differ from the examples"):
+        Run.open(published).tasks
+
+
+def test_a_published_copy_of_a_dataset_task_keeps_its_examples(dataset_run, tmp_path):
+    from forgetting.publish import publish_run
+
+    _, run = dataset_run
+    published = publish_run(run, tmp_path / "results")
+    assert (published / "tasks.json").is_file()
+    assert stored_tasks(Run.open(published).layout) == stored_tasks(Run.open(run).layout)
+
+
+def _spec_file(tmp_path, data) -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)

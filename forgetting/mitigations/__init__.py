@@ -60,4 +60,14 @@ def build(name: str, strength: float, options: dict[str, Any] | None = None) -> 
 
 
 # The built-in methods register themselves on import (the registry above must exist first).
-from forgetting.mitigations import l2  # noqa: E402,F401  (import for its registration)
+from forgetting.mitigations import (  # noqa: E402,F401  (imported for their registration)
+    drift,
+    ewc,
+    freeze,
+    heads,
+    l2,
+    lwf,
+    project,
+    replay,
+    sam,
+)

@@ -35,7 +35,7 @@ from forgetting.spec import ExperimentSpec, parse_spec, stage_seed
 from forgetting.tasks.encoding import example_length
 from forgetting.tasks.families import Task, make_task
 from forgetting.tasks.hf import task_from_entry
-from forgetting.tasks.records import task_from_record, tasks_document
+from forgetting.tasks.records import examples_sha256, task_from_record, tasks_document
 
 #: A snapshot, named by the number of the stage whose end it marks or by its label.
 SnapshotRef = int | str
@@ -79,6 +79,16 @@ def build_tasks(spec: ExperimentSpec, tokenizer=None) -> list[tuple[Task, dict]]
 def tasks_for_spec(spec: ExperimentSpec, tokenizer) -> list[PreparedTask]:
     """The spec's tasks, in sequence order, sampled and encoded for ``tokenizer`` (:func:`build_tasks`)."""
     return [prepare_task(task, tokenizer) for task, _ in build_tasks(spec, tokenizer)]
+
+
+def check_remade(tasks: list[Task], sources: dict[str, dict], manifest: Path) -> None:
+    """Refuse tasks made again from the spec whose examples differ from those the run recorded (the
+    sha256 in its manifest's ``task_sources``; a run published without its ``tasks.json``)."""
+    changed = [t.name for t in tasks if (recorded := sources.get(t.name, {}).get("sha256")) and recorded != examples_sha256(t)]
+    if changed:
+        raise SpecError("tasks", f"{', '.join(changed)} made again by this code differ from the examples the run in "
+                        f"{manifest.parent} was trained on (sha256 in {manifest.name}); the task code changed since, so "
+                        "its tables cannot be paired with them: re-run the spec")
 
 
 def write_tasks(layout: RunLayout, records: list[dict]) -> Path:
@@ -263,7 +273,8 @@ class Run:
         stored (``tasks.json``), or for an older run without them, the spec's tasks made again."""
         stored = stored_tasks(self.layout)
         if stored is None:
-            return tasks_for_spec(self.spec, self.tokenizer)
+            stored = [task for task, _ in build_tasks(self.spec, self.tokenizer)]
+            check_remade(stored, self.manifest.get("task_sources") or {}, self.layout.manifest)
         return [prepare_task(task, self.tokenizer) for task in stored]
 
     def task(self, name: str) -> PreparedTask:

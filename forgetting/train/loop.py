@@ -21,7 +21,7 @@ import torch
 from transformers import get_scheduler
 
 from forgetting.errors import TrainingDiverged
-from forgetting.hooks import Hooks, TaskContext, TrainingHook
+from forgetting.hooks import Hooks, TaskContext, TrainingHook, target_loss_sum
 from forgetting.runs.health import optimizer_advice
 from forgetting.tasks.encoding import IGNORE_INDEX, EncodedExamples
 from forgetting.train.batches import batch_indices, shard
@@ -42,14 +42,6 @@ class OptimConfig:
     def from_spec(cls, spec) -> "OptimConfig":
         """From an :class:`forgetting.spec.OptimizerSpec`."""
         return cls(spec.lr, spec.weight_decay, tuple(spec.betas), spec.warmup_steps, spec.schedule, spec.max_grad_norm)
-
-
-def target_loss_sum(model, batch: EncodedExamples, device) -> torch.Tensor:
-    """Sum of next-token cross-entropy over the target tokens of ``batch`` (a 0-d tensor)."""
-    logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), batch.labels[:, 1:].to(device), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
 
 
 def make_optimizer(model, config: OptimConfig, steps: int):
