@@ -3,7 +3,9 @@
 :func:`claims_for` reads (or computes, or with ``stored_only=True`` only reads) for every seed of the
 profile the main run's mechanism report (:func:`forgetting.analysis.report.analysis_for`) and causal studies
 (:func:`forgetting.causal.report.causal_for`), the dynamics run (:func:`forgetting.dynamics.dynamics_for`), and
-the profile's similarity sweep over its sweep seeds (:func:`forgetting.sweep.pairs.sweep_table`), then judges
+the profile's similarity sweep over its sweep seeds (:func:`forgetting.sweep.pairs.sweep_table`) and the stored
+mitigation front (:func:`forgetting.sweep.front.front_table`; claims 10 to 12 are left out, and named in the
+table's ``attrs["not_judged"]``, while it is not stored), then judges
 each claim of ``data/ledger_rules.yaml`` (:func:`forgetting.ledger.judge.judge`). Every row carries
 the rules' hash.
 
@@ -33,6 +35,7 @@ from forgetting.runs import RunLayout
 from forgetting.runs.cache import result_dir
 from forgetting.stats.intervals import Interval
 from forgetting.sweep import similarity_tests, sweep_table
+from forgetting.sweep.front import front_table
 
 MAIN_TABLES = ("gradients", "gradient_null", "drift", "curvature", "head_severity")
 
@@ -116,10 +119,21 @@ def claims_for(profile: str = "quick", *, model: str | None = None, seed: int = 
     dynamics, _ = dynamics_tables(profile, model=model, run_seeds=run_seeds, progress=progress, stored_only=stored_only)
     given = sweep_intervals(profile, model=model, progress=progress, stored_only=stored_only)
     tables.update(dynamics)
-    rows = [judge(rule, rules, tables, given) for rule in rules.claims]
+    front_missing = ""
+    try:  # the mitigation front is its own set of runs (make front), read as stored, never trained here
+        tables["front"] = front_table()
+    except LookupError as missing:
+        tables["front"], front_missing = None, str(missing)
+    rows, not_judged = [], {}
+    for rule in rules.claims:
+        try:
+            rows.append(judge(rule, rules, tables, given))
+        except LookupError as missing:  # only the front's statistics can lack their table here
+            not_judged[rule.claim.split(".")[0]] = front_missing if tables["front"] is None else str(missing)
     model_name = model or experiment_spec(profile).model
     table = ledger_table(rows).assign(profile=profile, model=model_name, seeds=", ".join(map(str, run_seeds)))
     table.attrs["sweep_tests"] = given["tests"]
+    table.attrs["not_judged"] = not_judged  # {claim number: why}; rows 10-12 wait for the stored front
     return table
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from forgetting.ledger import prose
+from forgetting.ledger import front_effects  # noqa: F401  (registers the front's statistics)
 from forgetting.ledger.effects import STATISTICS, Tables
 from forgetting.ledger.rules import OUTCOME_WORDS, ClaimRule, Rules, verdict
 from forgetting.stats.intervals import Interval, clustered_interval

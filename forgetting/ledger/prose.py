@@ -130,3 +130,15 @@ def verdict_counts_text(verdicts: Any) -> str:
     if not parts:
         return "no claim was judged"
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def not_judged_text(not_judged: dict[str, str]) -> str:
+    """The sentence that says which claims the ledger could not judge and why (``{claim number: why}``),
+    or that it judged every claim of the rule file."""
+    if not not_judged:
+        return "Every claim of the rule file is judged."
+    numbers = list(not_judged)
+    named = numbers[0] if len(numbers) == 1 else f"{', '.join(numbers[:-1])} and {numbers[-1]}"
+    reasons = sorted(set(not_judged.values()))
+    return (f"{'Claim' if len(numbers) == 1 else 'Claims'} {named} {'is' if len(numbers) == 1 else 'are'} not judged: "
+            f"{'; '.join(reasons)}.")

@@ -55,13 +55,13 @@ def published_dir(spec: ExperimentSpec) -> Path:
 
 
 #: Spec names (before the first ``-``) whose published runs are read even with ``$FORGETTING_RETRAIN``.
-ALWAYS_PUBLISHED = ("full",)
+ALWAYS_PUBLISHED = ("full", "front")
 
 
 def is_published(spec: ExperimentSpec) -> bool:
     """Whether the spec's run (as the current code would make it) is published in ``data/results``
     and is to be read from there: not with ``$FORGETTING_RETRAIN`` set (:func:`forgetting.paths.retrain`),
-    unless the spec is one of :data:`ALWAYS_PUBLISHED` (``full``, ``full-sweep``)."""
+    unless the spec is one of :data:`ALWAYS_PUBLISHED` (``full``, ``full-sweep``, the mitigation front's ``front-*``)."""
     if paths.retrain() and spec.name.split("-")[0] not in ALWAYS_PUBLISHED:
         return False
     return RunLayout(published_dir(spec)).state.is_file()

@@ -39,6 +39,8 @@ import pandas as pd
 from forgetting import paths
 from forgetting.errors import SpecError
 from forgetting.evaluate import performance_matrix
+from forgetting.runs import Run, RunLayout
+from forgetting.runs.cache import result_dir
 from forgetting.spec import ExperimentSpec, load_spec, parse_spec
 from forgetting.stats.intervals import t_interval
 
@@ -184,4 +186,22 @@ def control_differences(table: pd.DataFrame) -> pd.DataFrame:
                 mean, low, high = t_interval((t.loc[seeds, column] - c.loc[seeds, column]).to_numpy())
                 row.update({f"{column}_diff": mean, f"{column}_low": low, f"{column}_high": high})
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def front_table(seeds=SEEDS, methods=None, *, metric: str = "exact_match") -> pd.DataFrame:
+    """One row per stored front run: ``method, strength, seed, learning, forgetting, run`` (the run
+    folder, published in ``data/results`` or in the cache). Raises :class:`LookupError` naming how many
+    runs are not stored (``make front`` runs them); nothing is trained here."""
+    rows, missing = [], []
+    for method, strength, seed, spec in front_runs(seeds, methods):
+        folder = result_dir(spec)
+        if not RunLayout(folder).state.is_file() or len(Run.open(folder).stages) < len(spec.task_list()) + 1:
+            missing.append(f"{method} {strength:g} seed {seed}")
+            continue
+        learning, forgetting = learning_and_forgetting(Run.open(folder).evals, metric)
+        rows.append({"method": method, "strength": strength, "seed": seed, "learning": learning,
+                     "forgetting": forgetting, "run": str(folder)})
+    if missing:
+        raise LookupError(f"{len(missing)} of the front's runs are not stored (first: {missing[0]}); run `make front`")
     return pd.DataFrame(rows)

@@ -116,3 +116,19 @@ def causal(severe: float, random: float, interior: float, edge: float, interacti
         for row in rows:
             row.setdefault("seed", seed), row.setdefault("stage", stage), row.setdefault("old_task", old)
     return pd.DataFrame(rows)
+
+
+def front(gains: dict[str, float], learning: dict[str, float] | None = None) -> pd.DataFrame:
+    """The mitigation front's table: for each targeted method in ``gains`` and its ``<method>_random``
+    control, 4 strengths x ``SEEDS``; the control forgets 0.6 and learns 0.5, the targeted method forgets
+    ``gains[method]`` less (one hundredth up or down per seed) and learns ``learning[method]`` more."""
+    rows = []
+    for method, gain in gains.items():
+        for seed in SEEDS:
+            for strength in (0.25, 0.5, 0.75, 1.0):
+                jitter = 0.01 * _jitter(seed)
+                rows.append({"method": f"{method}_random", "strength": strength, "seed": seed,
+                             "forgetting": 0.6, "learning": 0.5})
+                rows.append({"method": method, "strength": strength, "seed": seed, "forgetting": 0.6 - gain + jitter,
+                             "learning": 0.5 + (learning or {}).get(method, 0.0) + jitter})
+    return pd.DataFrame(rows)

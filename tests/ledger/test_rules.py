@@ -85,6 +85,24 @@ SCENARIOS = {
         "not supported": _main(causal=syn.causal(0.1, 0.1, 0.3, 0.3, 0.05, spread=0.3)),
         "contradicted": _main(causal=syn.causal(0.1, 0.1, 0.3, 0.3, 0.0)),
     },
+    "targeted_conflict": {
+        "holds": {"front": syn.front({"project": 0.1, "project_attention": 0.2, "project_mlp": 0.0})},
+        "holds partly": {"front": syn.front({"project": 0.1, "project_attention": 0.0, "project_mlp": 0.2})},
+        "not supported": {"front": syn.front({"project": 0.0, "project_attention": 0.1, "project_mlp": 0.0})},
+        "contradicted": {"front": syn.front({"project": -0.1, "project_attention": 0.1, "project_mlp": 0.0})},
+    },
+    "targeted_drift": {
+        "holds": {"front": syn.front({"drift": 0.1})},
+        "holds partly": {"front": syn.front({"drift": 0.1}, learning={"drift": -0.2})},
+        "not supported": {"front": syn.front({"drift": 0.0})},
+        "contradicted": {"front": syn.front({"drift": -0.1})},
+    },
+    "targeted_heads": {
+        "holds": {"front": syn.front({"heads": 0.1})},
+        "holds partly": {"front": syn.front({"heads": 0.1}, learning={"heads": -0.2})},
+        "not supported": {"front": syn.front({"heads": 0.0})},
+        "contradicted": {"front": syn.front({"heads": -0.1})},
+    },
 }
 
 
@@ -186,3 +204,17 @@ def test_verdict_counts_in_words():
     assert verdict_counts_text(["not supported"]) == "1 is not supported"
     with pytest.raises(ValueError, match="unknown verdict"):
         verdict_counts_text(["does not hold"])
+
+
+def test_the_claims_not_judged_are_named_with_why():
+    from forgetting.ledger.prose import not_judged_text
+
+    assert not_judged_text({}) == "Every claim of the rule file is judged."
+    why = "12 of the front's runs are not stored (first: heads 0.5 seed 3); run `make front`"
+    assert not_judged_text({"10": why, "11": why, "12": why}) == f"Claims 10, 11 and 12 are not judged: {why}."
+    assert not_judged_text({"12": "x"}) == "Claim 12 is not judged: x."
+
+
+def test_the_front_statistics_need_the_front_table():
+    with pytest.raises(LookupError, match="needs the mitigation front's table"):
+        judge(RULES.claim("targeted_heads"), RULES, {"front": None})
