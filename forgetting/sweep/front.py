@@ -205,3 +205,34 @@ def front_table(seeds=SEEDS, methods=None, *, metric: str = "exact_match") -> pd
     if missing:
         raise LookupError(f"{len(missing)} of the front's runs are not stored (first: {missing[0]}); run `make front`")
     return pd.DataFrame(rows)
+
+
+def front_points(table: pd.DataFrame) -> pd.DataFrame:
+    """One point per (method, strength): the mean over seeds of learning and forgetting with 95 % t
+    intervals (``learning_low`` ... ``forgetting_high``), ``n_seeds``, the method's ``knob``, its role
+    (``baseline``, ``targeted``, ``control`` or ``plain``) and whether the point is on the front."""
+    rows = []
+    for (method, strength), group in table.groupby(["method", "strength"], sort=False):
+        row = {"method": method, "strength": strength, "n_seeds": len(group)}
+        for column in ("learning", "forgetting"):
+            row[column], row[f"{column}_low"], row[f"{column}_high"] = t_interval(group[column].to_numpy())
+        info = METHODS.get(method)
+        row["knob"] = info.knob if info else "the plain sequential run"
+        row["role"] = "plain" if info is None else "control" if info.control_of else "targeted" if info.targets else "baseline"
+        rows.append(row)
+    points = pd.DataFrame(rows)
+    points["on_front"] = is_on_front(points)
+    return points
+
+
+def method_summary(points: pd.DataFrame) -> pd.DataFrame:
+    """Per method: its hypervolume against the plain run's forgetting (module docstring), its best
+    (lowest) mean forgetting and the learning at that strength, and how many of its points are on the front."""
+    plain = float(points.loc[points["method"] == "plain", "forgetting"].mean())
+    rows = []
+    for method, group in points[points["method"] != "plain"].groupby("method", sort=False):
+        best = group.loc[group["forgetting"].idxmin()]
+        rows.append({"method": method, "role": group["role"].iloc[0], "hypervolume": hypervolume(group, plain),
+                     "best_forgetting": float(best["forgetting"]), "best_strength": float(best["strength"]),
+                     "learning_at_best": float(best["learning"]), "points_on_front": int(group["on_front"].sum())})
+    return pd.DataFrame(rows).sort_values("hypervolume", ascending=False, ignore_index=True)

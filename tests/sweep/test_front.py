@@ -77,3 +77,24 @@ def test_every_method_makes_a_valid_spec_and_its_controls_are_matched():
     assert len(front_runs(seeds=(0, 1, 2, 3, 4))) == 5 * (1 + sum(len(m.strengths) for m in METHODS.values()))
     with pytest.raises(SpecError, match="method: 'ewk' not allowed"):
         front_spec("ewk", 1.0, 0)
+
+
+def test_points_average_the_seeds_and_mark_the_front_and_the_summary_ranks_by_hypervolume():
+    from forgetting.sweep.front import front_points, method_summary
+
+    rows = []
+    for seed in range(3):
+        rows.append({"method": "plain", "strength": 0.0, "seed": seed, "learning": 0.6, "forgetting": 0.8 + 0.01 * seed})
+        for strength, (x, y) in {0.25: (0.6, 0.5), 0.5: (0.4, 0.3)}.items():
+            rows.append({"method": "replay", "strength": strength, "seed": seed, "learning": x, "forgetting": y})
+            rows.append({"method": "l2", "strength": strength, "seed": seed, "learning": x - 0.1, "forgetting": y + 0.1})
+    points = front_points(pd.DataFrame(rows))
+    plain = points[points["method"] == "plain"].iloc[0]
+    assert plain["forgetting"] == pytest.approx(0.81) and plain["n_seeds"] == 3 and plain["role"] == "plain"
+    assert plain["forgetting_low"] < 0.81 < plain["forgetting_high"]
+    assert points.loc[points["method"] == "replay", "on_front"].all()
+    assert not points.loc[points["method"] == "l2", "on_front"].any()
+    summary = method_summary(points)
+    assert summary["method"].tolist() == ["replay", "l2"] and summary.loc[0, "best_strength"] == 0.5
+    # replay: [0, 0.6] x [0.5, 0.81] and [0, 0.4] x [0.3, 0.5]
+    assert summary.loc[0, "hypervolume"] == pytest.approx(0.6 * 0.31 + 0.4 * 0.2)
