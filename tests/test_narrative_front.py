@@ -1,0 +1,51 @@
+"""The words about the mitigation front (forgetting.book.narrative.front), from synthetic tables."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from forgetting.book.narrative.front import against_control, against_plain, cost_text, start_with
+
+
+def _summary(hv_replay, hv_l2):
+    return pd.DataFrame([
+        {"method": "replay", "role": "baseline", "hypervolume": hv_replay, "best_forgetting": 0.3, "best_strength": 0.5,
+         "learning_at_best": 0.55},
+        {"method": "l2", "role": "baseline", "hypervolume": hv_l2, "best_forgetting": 0.4, "best_strength": 0.1,
+         "learning_at_best": 0.5},
+        {"method": "project", "role": "targeted", "hypervolume": 9.0, "best_forgetting": 0.1, "best_strength": 1.0,
+         "learning_at_best": 0.2},
+    ])
+
+
+def test_the_baseline_to_start_with_has_the_largest_hypervolume_among_baselines():
+    assert start_with(_summary(0.2, 0.1)) == "replay (hypervolume 0.200; at strength 0.5 it forgets 0.30 and learns 0.55)"
+    assert start_with(_summary(0.1, 0.2)).startswith("l2 ")
+    assert start_with(_summary(0.0, 0.0)) == "no baseline forgets less than the plain run"
+
+
+def test_strengths_are_counted_against_the_plain_run_by_their_intervals():
+    points = pd.DataFrame([
+        {"method": "plain", "forgetting": 0.8, "forgetting_low": 0.75, "forgetting_high": 0.85},
+        {"method": "ewc", "forgetting": 0.5, "forgetting_low": 0.45, "forgetting_high": 0.55},
+        {"method": "ewc", "forgetting": 0.78, "forgetting_low": 0.7, "forgetting_high": 0.86},
+        {"method": "ewc", "forgetting": 0.9, "forgetting_low": 0.85, "forgetting_high": 0.95},
+    ])
+    assert against_plain(points, "ewc") == "forgets less than the plain run at 1 of 3 strengths and more at 1 of 3"
+
+
+def test_a_targeted_method_is_judged_against_its_control_strength_by_strength():
+    diffs = pd.DataFrame([
+        {"method": "heads", "control": "heads_random", "forgetting_low": -0.2, "forgetting_high": -0.1},
+        {"method": "heads", "control": "heads_random", "forgetting_low": -0.1, "forgetting_high": 0.1},
+        {"method": "heads", "control": "heads_random", "forgetting_low": -0.05, "forgetting_high": 0.02},
+        {"method": "heads", "control": "heads_random", "forgetting_low": 0.01, "forgetting_high": 0.1},
+    ])
+    assert against_control(diffs, "heads") == (
+        "heads forgets less than heads_random at 1 of 4 strengths, more at 1 of 4, and the two are not "
+        "distinguishable at 2 of 4")
+    assert against_control(diffs, "drift") == "drift has no control runs to compare with"
+
+
+def test_cost_words():
+    assert cost_text(1.05) == "about as cheap as a plain step" and cost_text(1.72) == "1.7x a plain step"
