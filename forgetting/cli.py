@@ -181,22 +181,14 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from forgetting.analysis import (  # deferred: see the module docstring
-        analyze_run,
-        load_analysis,
-    )
-    from forgetting.runs import Run  # deferred
+    from forgetting.runs import Run  # deferred: see the module docstring
     from forgetting.runs.checksums import check_files, extend_record, record_outputs  # deferred
     from forgetting.runs.health import check_health, hint  # deferred
 
     check_files(args.dir)  # never measured on damaged or altered weights (checked before anything is read)
     run = Run.open(args.dir)  # not a run folder: a clear error before any work
     _check_remote_code(run.spec, args, f"the spec of {args.dir}")
-    diverged = check_health(run)
-    if diverged:  # a mechanism report of a broken model is numbers about nothing
-        raise ForgettingError(f"{args.dir}: training diverged ({'; '.join(diverged)}); a report would measure a "
-                              f"broken model: {hint(run.spec)}, run again into a new folder, and analyze that")
-    problems = []
+    problems = []  # the arguments, before the health check and the measuring code are loaded
     if args.examples < 1:
         problems.append(f"--examples: {args.examples} not allowed; allowed: >= 1")
     completed = max(run.stages)
@@ -206,6 +198,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if problems:
         field, _, first = problems[0].partition(": ")  # "--examples: 0 not allowed; --stages: ..."
         raise SpecError(field, "; ".join([first, *problems[1:]]))
+    diverged = check_health(run)
+    if diverged:  # a mechanism report of a broken model is numbers about nothing
+        raise ForgettingError(f"{args.dir}: training diverged ({'; '.join(diverged)}); a report would measure a "
+                              f"broken model: {hint(run.spec)}, run again into a new folder, and analyze that")
+    from forgetting.analysis import analyze_run, load_analysis  # deferred: heavy, and only for a valid request
+
     with folder_lock(Path(args.dir), option="DIR"):  # not while a run or another analysis writes there
         out = analyze_run(args.dir, stages=args.stages, n_examples=args.examples, nulls=args.nulls,
                           progress=not args.quiet)
@@ -269,9 +267,12 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The profiles the commands offer (``forgetting.profiles.PROFILES``, whose import loads torch: not for ``--help``).
+PROFILE_NAMES = ("quick", "full", "gpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from forgetting.models.embedded import RECIPES  # deferred: see the module docstring
-    from forgetting.profiles import PROFILES  # deferred
+    from forgetting.models import EMBEDDED_MODELS  # deferred: see the module docstring (a light import)
 
     parser = argparse.ArgumentParser(prog="forgetting", description="Measure how and why language models forget.")
     parser.add_argument("--version", action="version", version=f"forgetting {__version__}")
@@ -292,14 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="build the embedded default models", description=
                          "Pretrain the embedded models deterministically (skipped when the shipped build is current).")
-    pre.add_argument("--model", default="all", choices=[*RECIPES, "all"], help="which model (default: all)")
+    pre.add_argument("--model", default="all", choices=[*EMBEDDED_MODELS, "all"], help="which model (default: all)")
     pre.add_argument("--force", action="store_true", help="rebuild even when up to date")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(func=_cmd_pretrain)
 
     book = sub.add_parser("book", help="execute the chapters and build the static book", description=
                           "Execute every chapter with papermill and build _build/html with Jupyter Book.")
-    book.add_argument("--profile", default="quick", choices=list(PROFILES), help="chapter profile")
+    book.add_argument("--profile", default="quick", choices=list(PROFILE_NAMES), help="chapter profile")
     book.add_argument("--force", action="store_true", help="re-execute every chapter")
     book.set_defaults(func=_cmd_book)
 

@@ -222,3 +222,18 @@ def test_examples_longer_than_the_models_positions_exit_2_before_anything_is_wri
     err = capsys.readouterr().err
     assert "sequence: recall_city (train: " in err and "longer than the model's 8 positions" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_the_parser_offers_every_profile_and_embedded_model_without_loading_torch():
+    import subprocess
+    import sys
+
+    from forgetting.cli import PROFILE_NAMES
+    from forgetting.models import EMBEDDED_MODELS
+    from forgetting.models.embedded import RECIPES
+    from forgetting.profiles import PROFILES
+
+    assert PROFILE_NAMES == tuple(PROFILES) and EMBEDDED_MODELS == tuple(RECIPES)
+    code = "import sys; from forgetting.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"  # `forgetting --help` starts in well under a second
