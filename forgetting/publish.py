@@ -34,7 +34,7 @@ from forgetting.runs.integrity import read_weights_record, write_weights_record
 from forgetting.runs.cache import published_dir
 from forgetting.runs.layout import TABLE_DIRS, TABLE_FILES, TABLE_PATTERNS, TASKS
 from forgetting.sweep import sweep_alignment, sweep_table
-from forgetting.sweep.front import METHODS, SEEDS, front_runs
+from forgetting.sweep.front import SEEDS, front_runs, tested_methods
 from forgetting.train import run_experiment
 
 
@@ -70,11 +70,6 @@ def _registered_tasks_only(run_dir: Path) -> bool:
     return bool(sources) and all(src.get("kind") == "registered" for src in sources.values())
 
 
-def _tested(method: str) -> bool:
-    """Whether ``method`` is a mechanism-targeted method or the random control of one."""
-    return bool(METHODS[method].targets or METHODS[method].control_of)
-
-
 def publish_front(worker: int = 0, workers: int = 1, *, seeds=SEEDS, methods=None, progress: bool = True) -> list[Path]:
     """Run the mitigation front's runs (:func:`forgetting.sweep.front.front_runs`) numbered ``worker``
     modulo ``workers`` in the cache and publish their tables; runs already published are skipped, so
@@ -83,7 +78,8 @@ def publish_front(worker: int = 0, workers: int = 1, *, seeds=SEEDS, methods=Non
         raise SpecError("--worker", f"{worker} not allowed; allowed: 0 to {workers - 1} (--workers {workers})")
     published = []
     # the causal tests first (plain, each targeted method and its control), then the baselines
-    runs = sorted(front_runs(seeds, methods), key=lambda r: 0 if r[0] == "plain" else 1 if _tested(r[0]) else 2)
+    tested = tested_methods()
+    runs = sorted(front_runs(seeds, methods), key=lambda r: 0 if r[0] == "plain" else 1 if r[0] in tested else 2)
     mine = [run for i, run in enumerate(runs) if i % workers == worker]
     for method, strength, seed, spec in tqdm(mine, desc=f"front {worker + 1}/{workers}", disable=not progress or paths.quiet()):
         if RunLayout(published_dir(spec)).state.is_file():

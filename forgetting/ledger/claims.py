@@ -35,7 +35,7 @@ from forgetting.runs import RunLayout
 from forgetting.runs.cache import result_dir
 from forgetting.stats.intervals import Interval
 from forgetting.sweep import similarity_tests, sweep_table
-from forgetting.sweep.front import front_table
+from forgetting.sweep.front import front_table, tested_methods
 
 MAIN_TABLES = ("gradients", "gradient_null", "drift", "curvature", "head_severity")
 
@@ -121,7 +121,7 @@ def claims_for(profile: str = "quick", *, model: str | None = None, seed: int = 
     tables.update(dynamics)
     front_missing = ""
     try:  # the mitigation front is its own set of runs (make front), read as stored, never trained here
-        tables["front"] = front_table()
+        tables["front"] = front_table(methods=tested_methods())  # the targeted methods and their controls
     except LookupError as missing:
         tables["front"], front_missing = None, str(missing)
     rows, not_judged = [], {}

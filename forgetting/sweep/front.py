@@ -114,6 +114,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 ]}
 
 
+def tested_methods() -> list[str]:
+    """The mechanism-targeted methods and their random controls: what claims 10 to 12 of the ledger read."""
+    return [name for name, m in METHODS.items() if m.targets or m.control_of]
+
+
 def base_spec() -> dict:
     """``data/specs/front.yaml`` as a spec dict."""
     return load_spec(paths.SPECS_DIR / "front.yaml").model_dump(mode="json")
