@@ -166,7 +166,15 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
     if args.front:  # the mitigation front: its runs' tables, judged later by the committed ledger rules
         from forgetting.publish import publish_front  # deferred
+        from forgetting.reproduce import kernel_pin  # deferred
 
+        pin = kernel_pin()
+        if pin:  # trained with the kernels of the runs published before it, so one pin verifies them all
+            print(f"forgetting results: training with the published runs' kernels (ATEN_CPU_CAPABILITY="
+                  f"{pin['ATEN_CPU_CAPABILITY']})", file=sys.stderr)
+            argv = [sys.executable, "-m", "forgetting", "results", "--front", "--worker", str(args.worker),
+                    "--workers", str(args.workers), *(["--quiet"] if args.quiet else [])]
+            return subprocess.run(argv, env={**os.environ, **pin}, check=False).returncode
         for folder in publish_front(args.worker, args.workers, progress=not args.quiet):
             print(f"published {folder}")
         return 0

@@ -70,6 +70,10 @@ def _registered_tasks_only(run_dir: Path) -> bool:
     return bool(sources) and all(src.get("kind") == "registered" for src in sources.values())
 
 
+#: The methods of the ledger's three primary causal tests (claims 10-12), trained first.
+PRIMARY_TESTS = ("project", "project_random", "drift", "drift_random", "heads", "heads_random")
+
+
 def publish_front(worker: int = 0, workers: int = 1, *, seeds=SEEDS, methods=None, progress: bool = True) -> list[Path]:
     """Run the mitigation front's runs (:func:`forgetting.sweep.front.front_runs`) numbered ``worker``
     modulo ``workers`` in the cache and publish their tables; runs already published are skipped, so
@@ -78,8 +82,8 @@ def publish_front(worker: int = 0, workers: int = 1, *, seeds=SEEDS, methods=Non
         raise SpecError("--worker", f"{worker} not allowed; allowed: 0 to {workers - 1} (--workers {workers})")
     published = []
     # the causal tests first (plain, each targeted method and its control), then the baselines
-    tested = tested_methods()
-    runs = sorted(front_runs(seeds, methods), key=lambda r: 0 if r[0] == "plain" else 1 if r[0] in tested else 2)
+    order = ["plain", *PRIMARY_TESTS, *tested_methods()]  # the primary causal tests first, then the rest
+    runs = sorted(front_runs(seeds, methods), key=lambda r: order.index(r[0]) if r[0] in order else len(order))
     mine = [run for i, run in enumerate(runs) if i % workers == worker]
     for method, strength, seed, spec in tqdm(mine, desc=f"front {worker + 1}/{workers}", disable=not progress or paths.quiet()):
         if RunLayout(published_dir(spec)).state.is_file():
