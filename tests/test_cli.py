@@ -237,3 +237,21 @@ def test_the_parser_offers_every_profile_and_embedded_model_without_loading_torc
     code = "import sys; from forgetting.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"  # `forgetting --help` starts in well under a second
+
+
+def test_the_front_is_trained_with_the_published_runs_kernels(monkeypatch, capsys):
+    """``forgetting results --front`` re-runs itself with ``ATEN_CPU_CAPABILITY`` set to the published
+    runs' kernels (forgetting.reproduce.kernel_pin), as ``verify`` does, and passes its arguments on."""
+    import subprocess
+
+    from forgetting import reproduce
+
+    calls = []
+    monkeypatch.setattr(reproduce, "kernel_pin", lambda: {"ATEN_CPU_CAPABILITY": "avx2"})
+    monkeypatch.setattr(subprocess, "run", lambda argv, env, check: calls.append((argv, env))
+                        or subprocess.CompletedProcess(argv, 0))
+    assert main(["results", "--front", "--worker", "1", "--workers", "2", "--quiet"]) == 0
+    (argv, env), = calls
+    assert argv[1:] == ["-m", "forgetting", "results", "--front", "--worker", "1", "--workers", "2", "--quiet"]
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert "training with the published runs' kernels (ATEN_CPU_CAPABILITY=avx2)" in capsys.readouterr().err

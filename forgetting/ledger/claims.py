@@ -35,7 +35,7 @@ from forgetting.runs import RunLayout
 from forgetting.runs.cache import result_dir
 from forgetting.stats.intervals import Interval
 from forgetting.sweep import similarity_tests, sweep_table
-from forgetting.sweep.front import front_table, tested_methods
+from forgetting.sweep.front import front_table, stored_methods, tested_methods
 
 MAIN_TABLES = ("gradients", "gradient_null", "drift", "curvature", "head_severity")
 
@@ -119,17 +119,16 @@ def claims_for(profile: str = "quick", *, model: str | None = None, seed: int = 
     dynamics, _ = dynamics_tables(profile, model=model, run_seeds=run_seeds, progress=progress, stored_only=stored_only)
     given = sweep_intervals(profile, model=model, progress=progress, stored_only=stored_only)
     tables.update(dynamics)
-    front_missing = ""
-    try:  # the mitigation front is its own set of runs (make front), read as stored, never trained here
-        tables["front"] = front_table(methods=tested_methods())  # the targeted methods and their controls
-    except LookupError as missing:
-        tables["front"], front_missing = None, str(missing)
+    # the mitigation front is its own set of runs (make front), read as stored, never trained here: the
+    # targeted methods and controls whose runs are all stored; a claim that needs another is not judged
+    complete = stored_methods(tested_methods())
+    tables["front"] = front_table(methods=complete) if complete else None
     rows, not_judged = [], {}
     for rule in rules.claims:
         try:
             rows.append(judge(rule, rules, tables, given))
-        except LookupError as missing:  # only the front's statistics can lack their table here
-            not_judged[rule.claim.split(".")[0]] = front_missing if tables["front"] is None else str(missing)
+        except LookupError as missing:  # only the front's statistics can lack their runs here
+            not_judged[rule.claim.split(".")[0]] = str(missing)
     model_name = model or experiment_spec(profile).model
     table = ledger_table(rows).assign(profile=profile, model=model_name, seeds=", ".join(map(str, run_seeds)))
     table.attrs["sweep_tests"] = given["tests"]

@@ -16,7 +16,7 @@ from forgetting.ledger.effects import Tables, statistic
 
 def _front(tables: Tables) -> pd.DataFrame:
     if tables.get("front") is None:
-        raise LookupError("the ledger needs the mitigation front's table ('front'), which was not given")
+        raise LookupError("the mitigation front's runs are not stored (run `make front`)")
     return tables["front"]
 
 
@@ -24,6 +24,9 @@ def _difference(tables: Tables, targeted: str, control: str, column: str) -> pd.
     """Per seed, the mean over strengths of ``column`` of ``targeted`` minus ``control`` (paired by
     seed and strength; strengths where either run is missing are left out)."""
     front = _front(tables)
+    absent = [m for m in (targeted, control) if m not in set(front["method"])]
+    if absent:
+        raise LookupError(f"the front's {' and '.join(absent)} runs are not all stored (run `make front`)")
     by = front.set_index(["method", "seed", "strength"])[column]
     diff = (by.loc[targeted] - by.loc[control]).dropna()
     return diff.groupby(level="seed").mean()

@@ -194,6 +194,19 @@ def control_differences(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _is_stored(spec: ExperimentSpec) -> bool:
+    folder = result_dir(spec)
+    return RunLayout(folder).state.is_file() and len(Run.open(folder).stages) == len(spec.task_list()) + 1
+
+
+def stored_methods(methods=None, seeds=SEEDS) -> list[str]:
+    """The methods (default: all) every run of which, and of the plain run, is stored, in ``METHODS`` order."""
+    if not all(_is_stored(front_spec(None, 0.0, s)) for s in seeds):
+        return []
+    return [name for name in (methods or METHODS)
+            if all(_is_stored(front_spec(name, strength, s)) for strength in METHODS[name].strengths for s in seeds)]
+
+
 def front_table(seeds=SEEDS, methods=None, *, metric: str = "exact_match") -> pd.DataFrame:
     """One row per stored front run: ``method, strength, seed, learning, forgetting, run`` (the run
     folder, published in ``data/results`` or in the cache). Raises :class:`LookupError` naming how many
@@ -201,7 +214,7 @@ def front_table(seeds=SEEDS, methods=None, *, metric: str = "exact_match") -> pd
     rows, missing = [], []
     for method, strength, seed, spec in front_runs(seeds, methods):
         folder = result_dir(spec)
-        if not RunLayout(folder).state.is_file() or len(Run.open(folder).stages) < len(spec.task_list()) + 1:
+        if not _is_stored(spec):
             missing.append(f"{method} {strength:g} seed {seed}")
             continue
         learning, forgetting = learning_and_forgetting(Run.open(folder).evals, metric)

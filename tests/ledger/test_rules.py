@@ -216,5 +216,7 @@ def test_the_claims_not_judged_are_named_with_why():
 
 
 def test_the_front_statistics_need_the_front_table():
-    with pytest.raises(LookupError, match="needs the mitigation front's table"):
+    with pytest.raises(LookupError, match="the mitigation front's runs are not stored"):
         judge(RULES.claim("targeted_heads"), RULES, {"front": None})
+    with pytest.raises(LookupError, match="the front's heads and heads_random runs are not all stored"):
+        judge(RULES.claim("targeted_heads"), RULES, {"front": syn.front({"drift": 0.1})})
