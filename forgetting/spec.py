@@ -33,16 +33,16 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -164,7 +164,7 @@ class DatasetTaskSpec(_Strict):
     answer_vocab: list[str] | None = Field(default=None, min_length=1, description="None: the targets' words")
 
 
-#: What a spec-defined task may be called (it names snapshot folders: ``stage01-<task>``).
+#: The names a spec may give its own tasks (a task name is part of snapshot folder names such as ``stage01-<task>``).
 TASK_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 
 
@@ -180,7 +180,7 @@ class ExperimentSpec(_Strict):
     model: str = "tiny"
     trust_remote_code: bool = False
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    tasks: dict[Annotated[str, StringConstraints(pattern=TASK_NAME)], DatasetTaskSpec] = Field(
+    tasks: dict[str, DatasetTaskSpec] = Field(
         default_factory=dict, description="tasks defined here (from datasets), by name; the sequence may use them")
     sequence: str | list[str] = "default"
     data: DataSpec = DataSpec()
@@ -197,6 +197,10 @@ class ExperimentSpec(_Strict):
     @field_validator("tasks")
     @classmethod
     def _new_task_names(cls, value: dict[str, DatasetTaskSpec]) -> dict[str, DatasetTaskSpec]:
+        bad = [name for name in value if not re.match(TASK_NAME, name)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))} not allowed as task names; allowed: a letter, then "
+                             "letters, digits or _ (64 at most)")
         taken = [name for name in value if name in task_names()]
         if taken:
             raise ValueError(f"{', '.join(map(repr, taken))} already name registered tasks; allowed: other names")

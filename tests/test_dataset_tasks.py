@@ -81,8 +81,8 @@ def test_every_problem_of_a_tasks_entry_is_named(tmp_path):
 
 @pytest.mark.parametrize("name, expected", [
     ("copy", "'copy' already name registered tasks"),
-    ("my-copy", "'my-copy' is not an allowed task name"),
-    ("9lives", "'9lives' is not an allowed task name"),
+    ("my-copy", "'my-copy' not allowed as task names"),
+    ("9lives", "'9lives' not allowed as task names"),
 ])
 def test_a_task_name_must_be_new_and_usable_in_a_folder_name(tmp_path, name, expected):
     data = small_spec(sequence=["recall_city", name])

@@ -24,7 +24,7 @@ OPTIONS = "finetune.mitigation.options"
 
 
 def check_options(method: str, options: dict[str, Any], table: OptionTable) -> dict[str, Any]:
-    """``options`` with the defaults of ``table`` filled in; raises one :class:`SpecError` naming every
+    """``options`` with the defaults of ``table`` filled in; raises one :class:`~forgetting.errors.SpecError` naming every
     unknown key and every value ``table`` does not allow."""
     problems = [(key, f"unknown option of {method}; allowed: {', '.join(table) or 'none'}")
                 for key in options if key not in table]

@@ -269,8 +269,8 @@ class Run:
 
     @functools.cached_property
     def tasks(self) -> list[PreparedTask]:
-        """The run's tasks, encoded with the run's tokenizer, in sequence order: the examples the run
-        stored (``tasks.json``), or for an older run without them, the spec's tasks made again."""
+        """The run's tasks, encoded with the run's tokenizer, in sequence order. They are the examples the
+        run stored (``tasks.json``), or for an older run without them, the spec's tasks made again."""
         stored = stored_tasks(self.layout)
         if stored is None:
             stored = [task for task, _ in build_tasks(self.spec, self.tokenizer)]

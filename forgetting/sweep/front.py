@@ -1,7 +1,7 @@
 """The learning–forgetting front of the mitigations: every method at several strengths and seeds on one
 task sequence, and the matched comparison of each mechanism-targeted method with its random control.
 
-**The runs.** :data:`METHODS` lists each method: a registered mitigation (:mod:`forgetting.mitigations`)
+**The runs.** ``METHODS`` lists each method: a registered mitigation (:mod:`forgetting.mitigations`)
 with its options, or a change of the spec itself (a lower learning rate, LoRA's rank), and the
 strengths it is swept over. :func:`front_spec` makes the spec of one (method, strength, seed) from the
 base spec ``data/specs/front.yaml`` (the default sequence on the embedded model, evaluated at the end of

@@ -55,7 +55,7 @@ def task_record(task: Task, source: dict[str, Any] | None = None) -> dict[str, A
 
 
 def task_from_record(record: dict[str, Any]) -> Task:
-    """The :class:`Task` of a stored record; raises ``ValueError`` if its content does not hash to its
+    """The :class:`~forgetting.tasks.families.Task` of a stored record; raises ``ValueError`` if its content does not hash to its
     ``sha256`` (the record was altered)."""
     task = Task(
         name=record["name"], family=record["family"], description=record["description"],

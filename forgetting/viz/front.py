@@ -18,7 +18,7 @@ from forgetting.viz.charts import _check_columns
 
 POINT_COLUMNS = ("method", "strength", "n_seeds", "learning", "learning_low", "learning_high", "forgetting",
                  "forgetting_low", "forgetting_high", "knob", "role", "on_front")
-#: Marker shape by role: baselines, mechanism-targeted methods, their random controls, the plain run.
+#: The marker shape of each role (baselines, mechanism-targeted methods, their random controls, the plain run).
 ROLE_SHAPES = {"baseline": "circle", "targeted": "triangle-up", "control": "triangle-down", "plain": "cross"}
 
 
